@@ -1,0 +1,1 @@
+"""Client SDK and `caption` CLI; installs without torch."""

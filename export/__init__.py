@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX graphs -> validated Triton model repository."""

@@ -1,0 +1,40 @@
+# The two commands a new user runs: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CAPTIONER ?= Salesforce/blip-image-captioning-base
+TRANSLATOR ?= facebook/mbart-large-50-many-to-many-mmt
+PYTEST_ARGS ?=
+
+.PHONY: install demo test serve lint format clean
+
+install: $(STAMP)
+
+# torch is installed first and pinned, so pip takes the local CPU wheel and nothing pulls CUDA builds.
+$(STAMP): pyproject.toml scripts/install-system-deps.sh
+	bash scripts/install-system-deps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel "setuptools>=69"
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/captioning demo --captioner "$(CAPTIONER)" --translator "$(TRANSLATOR)"
+
+serve: install
+	$(BIN)/captioning serve --captioner "$(CAPTIONER)" --translator "$(TRANSLATOR)"
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf build .cache .pytest_cache

@@ -1,0 +1,153 @@
+"""`captioning` command line: export, serve, demo, make-fixtures. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+LOG = logging.getLogger("captioning")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from captioning.export.build import BuildOptions, build_repository
+    from captioning.export.repository import RepositoryOptions
+
+    options = BuildOptions(
+        target=args.target,
+        source_lang=args.source_lang,
+        target_lang=args.target_lang,
+        max_length=args.max_length,
+        validate=not args.no_validate,
+        progress=not args.no_progress,
+        repository=RepositoryOptions(max_batch_size=args.max_batch_size, decoder_runner=args.decoder_runner),
+    )
+    path = build_repository(args.captioner, args.translator, Path(args.output), options)
+    print(f"model repository written to {path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from captioning.server import ServerOptions, serve_forever
+
+    repository = args.repository
+    if repository is None:
+        from captioning.demo import prepare_repository
+
+        repository, _, _ = prepare_repository(args.captioner, args.translator, Path(args.workdir))
+    return serve_forever(
+        ServerOptions(
+            repository=Path(repository),
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            log_verbose=args.log_verbose,
+        )
+    )
+
+
+def _fixtures(args: argparse.Namespace) -> int:
+    from captioning.fixtures import make_fixtures
+
+    paths = make_fixtures(Path(args.output), seed=args.seed)
+    print(f"captioner: {paths.blip}\ntranslator: {paths.mbart}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from captioning.demo import DemoOptions, run_demo
+
+    return run_demo(
+        DemoOptions(
+            captioner=args.captioner,
+            translator=args.translator,
+            images=[Path(p) for p in args.images],
+            count=args.count,
+            workdir=Path(args.workdir),
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captioning", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    export = sub.add_parser("export", help="build a servable Triton model repository from two checkpoints")
+    export.add_argument(
+        "--captioner", required=True, help="BlipForConditionalGeneration: hub id or local dir"
+    )
+    export.add_argument(
+        "--translator", required=True, help="MBartForConditionalGeneration: hub id or local dir"
+    )
+    export.add_argument("--output", required=True, help="model repository directory to (re)create")
+    export.add_argument("--target", default="cpu", choices=["cpu"], help="where the repository will run")
+    export.add_argument("--source-lang", default="en_XX")
+    export.add_argument("--target-lang", default="ar_AR")
+    export.add_argument(
+        "--max-length", type=int, default=64, help="token limit of each stage, prompt included"
+    )
+    export.add_argument("--max-batch-size", type=int, default=16)
+    export.add_argument(
+        "--decoder-runner",
+        default="bls",
+        choices=["bls", "inprocess"],
+        help="generators call the decoder models through Triton (bls) or run the graphs themselves",
+    )
+    export.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    export.add_argument("--no-progress", action="store_true")
+    export.set_defaults(func=_export)
+
+    serve = sub.add_parser("serve", help="run tritonserver on a model repository in the foreground")
+    serve.add_argument("--repository", help="a repository written by `captioning export`")
+    serve.add_argument(
+        "--captioner", default="Salesforce/blip-image-captioning-base", help="used without --repository"
+    )
+    serve.add_argument(
+        "--translator", default="facebook/mbart-large-50-many-to-many-mmt", help="used without --repository"
+    )
+    serve.add_argument(
+        "--workdir", default="build/demo", help="where repositories built from checkpoints are cached"
+    )
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--log-verbose", type=int, default=0)
+    serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser("demo", help="export, serve and caption a few images end to end")
+    demo.add_argument("--captioner", default="Salesforce/blip-image-captioning-base")
+    demo.add_argument("--translator", default="facebook/mbart-large-50-many-to-many-mmt")
+    demo.add_argument("--count", type=int, default=4, help="how many sample images")
+    demo.add_argument("--workdir", default="build/demo", help="where repositories are built and cached")
+    demo.add_argument("images", nargs="*", help="images to caption (default: shared Flickr8k samples)")
+    demo.set_defaults(func=_demo)
+
+    fixtures = sub.add_parser("make-fixtures", help="build small offline BLIP and mBART-50 test checkpoints")
+    fixtures.add_argument("--output", required=True)
+    fixtures.add_argument("--seed", type=int, default=0)
+    fixtures.set_defaults(func=_fixtures)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one clear line for users; the traceback with -v
+        if args.verbose:
+            raise
+        LOG.error("%s: %s", type(exc).__name__, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

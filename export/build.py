@@ -1,0 +1,155 @@
+"""`captioning export`: two checkpoints in, one checked, servable Triton model repository out."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from captioning.export.repository import RepositoryOptions, write_repository
+
+LOG = logging.getLogger(__name__)
+
+# The original deployment capped both stages at 64 tokens (prompt included).
+DEFAULT_MAX_LENGTH = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    target: str = "cpu"
+    source_lang: str = "en_XX"
+    target_lang: str = "ar_AR"
+    max_length: int = DEFAULT_MAX_LENGTH
+    validate: bool = True
+    progress: bool = True
+    repository: RepositoryOptions = RepositoryOptions()
+
+    def validate_options(self) -> None:
+        if self.target != "cpu":
+            raise ValueError(
+                f"target {self.target!r} is not available yet; only 'cpu' (ONNX Runtime in the Python backend)"
+            )
+        if not 2 <= self.max_length <= 1024:
+            raise ValueError(f"max_length must be in 2..1024, got {self.max_length}")
+        self.repository.validate()
+
+
+def caption_settings(model, max_length: int):
+    """What `BlipForConditionalGeneration.generate(pixel_values, max_length=...)` uses: the text decoder's
+    generation config, `[DEC]` (bos) as the prompt and `[SEP]` as the end token."""
+    from captioning.generation import GenerationSettings
+
+    text = model.config.text_config
+    return GenerationSettings.from_hf(
+        model.text_decoder.generation_config,
+        prompt_ids=(text.bos_token_id,),
+        eos_token_ids=(text.sep_token_id,),
+        pad_token_id=text.pad_token_id,
+        max_length=max_length,
+    )
+
+
+def translation_settings(model, tokenizer, target_lang: str, max_length: int):
+    """What `model.generate(**tokenizer(text), max_length=..., forced_bos_token_id=<target>)` uses."""
+    from captioning.generation import GenerationSettings
+
+    config = model.generation_config
+    start = config.decoder_start_token_id
+    if start is None:
+        start = model.config.decoder_start_token_id
+    target_id = tokenizer.convert_tokens_to_ids(target_lang)
+    if target_id is None or target_id == tokenizer.unk_token_id:
+        raise ValueError(f"the translator's tokenizer has no language code {target_lang!r}")
+    return GenerationSettings.from_hf(
+        config, prompt_ids=(int(start),), max_length=max_length, forced_bos_token_id=int(target_id)
+    )
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def build_repository(
+    captioner: str | Path, translator: str | Path, output: Path, options: BuildOptions = BuildOptions()
+) -> Path:
+    """Export, validate and lay out everything; the repository appears only once all of it succeeded."""
+    from captioning.export.errors import UnsupportedCheckpointError
+    from captioning.export.graphs import ExportOptions, export_graphs
+    from transformers import (
+        AutoTokenizer,
+        BlipForConditionalGeneration,
+        BlipProcessor,
+        MBartForConditionalGeneration,
+    )
+
+    options.validate_options()
+    output = Path(output)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    with tempfile.TemporaryDirectory(
+        prefix="captioning-export-", dir=output.parent if output.parent.exists() else None
+    ) as tmp:
+        work = Path(tmp)
+        graphs = export_graphs(
+            captioner,
+            translator,
+            work / "graphs",
+            ExportOptions(validate=options.validate, progress=options.progress),
+        )
+        LOG.info("reading generation settings and tokenizers")
+        try:
+            blip = BlipForConditionalGeneration.from_pretrained(str(captioner))
+            mbart = MBartForConditionalGeneration.from_pretrained(str(translator))
+        except (OSError, ValueError) as exc:
+            raise UnsupportedCheckpointError(str(exc)) from exc
+        processor = BlipProcessor.from_pretrained(str(captioner))
+        processor.save_pretrained(work / "processor")
+        tokenizer = AutoTokenizer.from_pretrained(str(translator), src_lang=options.source_lang)
+        tokenizer.save_pretrained(work / "translator_tokenizer")
+        settings = {
+            "caption": caption_settings(blip, options.max_length).to_dict(),
+            "translation": translation_settings(
+                mbart, tokenizer, options.target_lang, options.max_length
+            ).to_dict(),
+        }
+        image_size = processor.image_processor.size
+        manifest = {
+            "captioner": str(captioner),
+            "translator": str(translator),
+            "target": options.target,
+            "source_lang": options.source_lang,
+            "target_lang": options.target_lang,
+            "generation": settings,
+            "created": started.isoformat(timespec="seconds"),
+            "versions": _versions(),
+        }
+        staging = work / "repository"
+        write_repository(
+            staging,
+            graphs,
+            {
+                "processor": work / "processor",
+                "captioner_tokenizer": work / "processor",
+                "translator_tokenizer": work / "translator_tokenizer",
+            },
+            settings,
+            (int(image_size["height"]), int(image_size["width"])),
+            manifest,
+            dataclasses.replace(options.repository, src_lang=options.source_lang),
+        )
+        if output.exists():
+            shutil.rmtree(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), str(output))
+    LOG.info("model repository ready: %s", output)
+    return output

@@ -1,0 +1,235 @@
+"""Lay out a servable Triton model repository from exported graphs, tokenizers and generation settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from captioning.export.model_config import BatchingSpec, EnsembleStep, ModelSpec, TensorSpec
+
+LOG = logging.getLogger(__name__)
+
+SOURCE_DIR = Path(__file__).resolve().parent.parent / "model_repository"
+GRAPH_MODELS = ("blip_vision", "blip_text_decoder", "mbart_encoder", "mbart_decoder")
+
+
+@dataclasses.dataclass(frozen=True)
+class RepositoryOptions:
+    max_batch_size: int = 16
+    max_queue_delay_us: int = 2000
+    # How generators reach the decoder graphs: "bls" (through Triton, swappable for native backends on GPU)
+    # or "inprocess" (ONNX Runtime inside the generator's process).
+    decoder_runner: str = "bls"
+    intra_op_threads: int = 0  # 0: ONNX Runtime decides
+    max_pixels: int = 50_000_000
+    max_source_tokens: int = 256
+    src_lang: str = "en_XX"
+
+    def validate(self) -> None:
+        if not 1 <= self.max_batch_size <= 256:
+            raise ValueError(f"max_batch_size must be in 1..256, got {self.max_batch_size}")
+        if self.decoder_runner not in ("bls", "inprocess"):
+            raise ValueError(f"decoder_runner must be 'bls' or 'inprocess', got {self.decoder_runner!r}")
+
+
+def _dynamic(names: list[str], dtype_of) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(name, dtype_of(name), (-1,) * rank) for name, rank in names)
+
+
+def _graph_spec(name: str, meta: dict, options: RepositoryOptions, batched: bool) -> ModelSpec:
+    def dtype(tensor: str) -> str:
+        return meta["dtypes"][tensor]
+
+    def dims(tensor: str) -> tuple[int, ...]:
+        shape = meta["shapes"][tensor]
+        shape = shape[1:] if batched else shape
+        return tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape)
+
+    return ModelSpec(
+        name=name,
+        inputs=tuple(TensorSpec(t, dtype(t), dims(t)) for t in meta["input_names"]),
+        outputs=tuple(TensorSpec(t, dtype(t), dims(t)) for t in meta["output_names"]),
+        max_batch_size=options.max_batch_size if batched else 0,
+        batching=BatchingSpec(options.max_queue_delay_us) if batched else None,
+        parameters={"intra_op_threads": str(options.intra_op_threads)},
+    )
+
+
+def model_specs(
+    graph_meta: dict[str, dict], image_size: tuple[int, int], options: RepositoryOptions
+) -> list[ModelSpec]:
+    """Every model of the repository; the public tensor contract is fixed here."""
+    mbs = options.max_batch_size
+    batching = BatchingSpec(options.max_queue_delay_us)
+    image = TensorSpec("image", "STRING", (1,))
+    caption_en = TensorSpec("caption_en", "STRING", (1,))
+    height, width = image_size
+    pixel_values = TensorSpec("pixel_values", "FP32", (3, height, width))
+    image_embeds = TensorSpec("image_embeds", "FP32", (-1, -1))
+    generator_params = {"decoder_runner": options.decoder_runner}
+    preprocess = [
+        EnsembleStep("image_preprocess", {"image": "image"}, {"pixel_values": "pixel_values"}),
+        EnsembleStep("blip_vision", {"pixel_values": "pixel_values"}, {"image_embeds": "image_embeds"}),
+        EnsembleStep("caption_generator", {"image_embeds": "image_embeds"}, {"caption_en": "caption_en"}),
+    ]
+    return [
+        ModelSpec(
+            "image_preprocess",
+            (image,),
+            (pixel_values,),
+            max_batch_size=mbs,
+            batching=batching,
+            parameters={"max_pixels": str(options.max_pixels)},
+        ),
+        _graph_spec("blip_vision", graph_meta["blip_vision"], options, batched=True),
+        _graph_spec("blip_text_decoder", graph_meta["blip_text_decoder"], options, batched=False),
+        _graph_spec("mbart_encoder", graph_meta["mbart_encoder"], options, batched=False),
+        _graph_spec("mbart_decoder", graph_meta["mbart_decoder"], options, batched=False),
+        ModelSpec(
+            "caption_generator",
+            (image_embeds,),
+            (caption_en,),
+            max_batch_size=mbs,
+            batching=batching,
+            parameters=generator_params,
+        ),
+        ModelSpec(
+            "translator",
+            (TensorSpec("text", "STRING", (1,)),),
+            (TensorSpec("translation", "STRING", (1,)),),
+            max_batch_size=mbs,
+            batching=batching,
+            parameters={
+                **generator_params,
+                "src_lang": options.src_lang,
+                "max_source_tokens": str(options.max_source_tokens),
+            },
+        ),
+        ModelSpec(
+            "english_caption",
+            (image,),
+            (caption_en,),
+            backend="ensemble",
+            max_batch_size=mbs,
+            steps=tuple(preprocess),
+        ),
+        ModelSpec(
+            "arabic_caption",
+            (image,),
+            (caption_en, TensorSpec("caption_ar", "STRING", (1,))),
+            backend="ensemble",
+            max_batch_size=mbs,
+            steps=(
+                *preprocess,
+                EnsembleStep("translator", {"text": "caption_en"}, {"translation": "caption_ar"}),
+            ),
+        ),
+    ]
+
+
+def graph_metadata(path: Path) -> dict:
+    """Names, element types and shapes of a graph's inputs and outputs, read from the ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    types = {
+        onnx.TensorProto.FLOAT: "FP32",
+        onnx.TensorProto.FLOAT16: "FP16",
+        onnx.TensorProto.BFLOAT16: "BF16",
+        onnx.TensorProto.INT64: "INT64",
+        onnx.TensorProto.INT32: "INT32",
+    }
+    initializers = {i.name for i in model.graph.initializer}
+    meta: dict = {"input_names": [], "output_names": [], "dtypes": {}, "shapes": {}}
+    for kind, values in (("input_names", model.graph.input), ("output_names", model.graph.output)):
+        for value in values:
+            if value.name in initializers:
+                continue
+            tensor = value.type.tensor_type
+            meta[kind].append(value.name)
+            meta["dtypes"][value.name] = types[tensor.elem_type]
+            meta["shapes"][value.name] = [
+                d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim
+            ]
+    return meta
+
+
+def runner_meta(model: str, meta: dict) -> dict:
+    """What a BLS runner needs to know about a graph it does not load: names and static shapes."""
+    return {
+        "model": model,
+        "input_names": meta["input_names"],
+        "output_names": meta["output_names"],
+        "input_shapes": {
+            n: [d if isinstance(d, int) else -1 for d in meta["shapes"][n]] for n in meta["input_names"]
+        },
+    }
+
+
+def write_repository(
+    output: Path,
+    graphs: dict[str, Path],
+    assets: dict[str, Path],
+    settings: dict[str, dict],
+    image_size: tuple[int, int],
+    manifest: dict,
+    options: RepositoryOptions = RepositoryOptions(),
+) -> list[Path]:
+    """Write configs, adapters, graphs and assets; `assets` holds `processor`, `captioner_tokenizer`, `translator_tokenizer`."""
+    options.validate()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    meta = {name: graph_metadata(graphs[name]) for name in GRAPH_MODELS}
+    written = []
+    for spec in model_specs(meta, image_size, options):
+        written.append(spec.write(output))
+        version = output / spec.name / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        if spec.backend == "python":
+            source = SOURCE_DIR / ("onnx_graph" if spec.name in GRAPH_MODELS else spec.name) / "model.py"
+            shutil.copy2(source, version / "model.py")
+    for name in GRAPH_MODELS:
+        _copy_graph(graphs[name], output / name / "1" / "model.onnx")
+    shutil.copy2(assets["processor"] / "preprocessor_config.json", output / "image_preprocess" / "1")
+    for model, tokenizer, stage in (
+        ("caption_generator", assets["captioner_tokenizer"], "caption"),
+        ("translator", assets["translator_tokenizer"], "translation"),
+    ):
+        target = output / model / "1" / "tokenizer"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(tokenizer, target)
+        (output / model / "1" / "generation.json").write_text(json.dumps(settings[stage], indent=2) + "\n")
+    _write_json(
+        output / "caption_generator" / "1" / "decoder.json",
+        runner_meta("blip_text_decoder", meta["blip_text_decoder"]),
+    )
+    _write_json(
+        output / "translator" / "1" / "decoder.json", runner_meta("mbart_decoder", meta["mbart_decoder"])
+    )
+    _write_json(
+        output / "translator" / "1" / "encoder.json", runner_meta("mbart_encoder", meta["mbart_encoder"])
+    )
+    _write_json(output / "manifest.json", manifest)
+    LOG.info("wrote model repository %s (%d models)", output, len(written))
+    return written
+
+
+def _copy_graph(source: Path, target: Path) -> None:
+    """Copy a graph and its external-data file(s), which must keep their names."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.resolve() == target.resolve():
+        return
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=True)
+    if model.ByteSize() < 1_800_000_000:
+        onnx.save_model(model, str(target))
+    else:
+        onnx.save_model(model, str(target), save_as_external_data=True, location="model.onnx.data")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

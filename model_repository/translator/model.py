@@ -1,0 +1,56 @@
+"""Triton adapter: English text -> Arabic text with mBART-50 (tokenise, encode, decode with a KV cache).
+
+Decoding lives in `captioning.generation`, batching and tokenisation in `captioning.stages` and
+`captioning.tokenization`; this file only moves tensors and errors between Triton and those modules.
+"""
+
+import json
+from pathlib import Path
+
+from captioning.graphs import DecoderGraph
+from captioning.options import stage_options
+from captioning.stages import TranslationStage, load_settings
+from captioning.tokenization import TextCodec
+from captioning.triton_utils import (
+    graph_runner,
+    model_dir,
+    model_parameters,
+    run_rows,
+    string_rows,
+    string_tensor,
+)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        directory = model_dir(args)
+        params = model_parameters(args)
+        repository = Path(args["model_repository"]).parent
+        kind = params.get("decoder_runner", "bls")
+        meta = json.loads((directory / "decoder.json").read_text())
+        encoder_meta = json.loads((directory / "encoder.json").read_text())
+        self.stage = TranslationStage(
+            encoder=graph_runner(kind, encoder_meta, repository),
+            decoder=DecoderGraph(graph_runner(kind, meta, repository)),
+            settings=load_settings(directory / "generation.json"),
+            codec=TextCodec.load(
+                directory / "tokenizer",
+                src_lang=params.get("src_lang", "en_XX"),
+                max_source_tokens=int(params.get("max_source_tokens", "256")),
+            ),
+        )
+
+    def _parse(self, request):
+        texts = []
+        for raw in string_rows(request, "text"):
+            try:
+                texts.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"text is not valid UTF-8: {exc}") from None
+        options = stage_options(request.parameters(), "translation", self.stage.max_new_tokens_limit)
+        return texts, options
+
+    def execute(self, requests):
+        return run_rows(
+            requests, self._parse, self.stage.run, lambda rows: [string_tensor("translation", rows)]
+        )

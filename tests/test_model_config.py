@@ -1,0 +1,76 @@
+"""Model configs come from typed specs and go through Triton's protobuf schema."""
+
+from __future__ import annotations
+
+import pytest
+
+from captioning.export.model_config import (
+    BatchingSpec,
+    EnsembleStep,
+    ModelConfigError,
+    ModelSpec,
+    TensorSpec,
+    read_config,
+)
+from captioning.export.repository import RepositoryOptions, model_specs
+
+
+def _meta(inputs, outputs):
+    names = inputs + outputs
+    return {
+        "input_names": inputs,
+        "output_names": outputs,
+        "dtypes": {n: "INT64" if "ids" in n or "mask" in n else "FP32" for n in names},
+        "shapes": {n: ["batch", "seq"] for n in names},
+    }
+
+
+GRAPH_META = {
+    "blip_vision": {
+        "input_names": ["pixel_values"],
+        "output_names": ["image_embeds"],
+        "dtypes": {"pixel_values": "FP32", "image_embeds": "FP32"},
+        "shapes": {"pixel_values": ["batch", 3, 96, 96], "image_embeds": ["batch", 37, 64]},
+    },
+    "blip_text_decoder": _meta(["input_ids", "encoder_hidden_states"], ["logits"]),
+    "mbart_encoder": _meta(["input_ids", "attention_mask"], ["last_hidden_state"]),
+    "mbart_decoder": _meta(["input_ids", "encoder_hidden_states"], ["logits"]),
+}
+
+
+def test_repository_specs_round_trip(tmp_path):
+    specs = model_specs(GRAPH_META, (96, 96), RepositoryOptions())
+    names = {spec.name for spec in specs}
+    assert {
+        "arabic_caption",
+        "english_caption",
+        "translator",
+        "image_preprocess",
+        "caption_generator",
+    } <= names
+    for spec in specs:
+        config = read_config(spec.write(tmp_path))
+        assert config.name == spec.name
+    arabic = read_config(tmp_path / "arabic_caption" / "config.pbtxt")
+    assert arabic.platform == "ensemble" and arabic.max_batch_size == 16
+    assert [i.name for i in arabic.input] == ["image"]
+    assert [o.name for o in arabic.output] == ["caption_en", "caption_ar"]
+    assert [s.model_name for s in arabic.ensemble_scheduling.step][-1] == "translator"
+    vision = read_config(tmp_path / "blip_vision" / "config.pbtxt")
+    assert list(vision.input[0].dims) == [3, 96, 96]
+    assert vision.dynamic_batching.max_queue_delay_microseconds == 2000
+
+
+def test_spec_errors_name_the_problem():
+    image = TensorSpec("image", "STRING", (1,))
+    with pytest.raises(ModelConfigError, match="unknown data type FLOAT"):
+        ModelSpec("m", (TensorSpec("x", "FLOAT", (1,)),), (image,)).to_pbtxt()
+    with pytest.raises(ModelConfigError, match="dynamic batching needs max_batch_size"):
+        ModelSpec("m", (image,), (TensorSpec("y", "FP32", (1,)),), batching=BatchingSpec()).to_pbtxt()
+    step = EnsembleStep("other", {"x": "missing"}, {"y": "out"})
+    with pytest.raises(ModelConfigError, match="reads \\['missing'\\] before any step produces it"):
+        ModelSpec(
+            "e", (image,), (TensorSpec("out", "STRING", (1,)),), backend="ensemble", steps=(step,)
+        ).to_pbtxt()
+    with pytest.raises(ValueError, match="decoder_runner"):
+        RepositoryOptions(decoder_runner="magic").validate()

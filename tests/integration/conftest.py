@@ -1,0 +1,47 @@
+"""A real tritonserver on free ports serving a repository exported from the offline fixture checkpoints,
+and the `transformers` references the served captions must equal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from serving_helpers import Reference
+
+from captioning.server import ServerOptions, TritonServer, free_port
+
+
+@pytest.fixture(scope="session")
+def repository(fixture_checkpoints, tmp_path_factory) -> Path:
+    from captioning.export.build import BuildOptions, build_repository
+
+    output = tmp_path_factory.mktemp("export") / "repository"
+    return build_repository(
+        fixture_checkpoints.blip, fixture_checkpoints.mbart, output, BuildOptions(progress=False)
+    )
+
+
+@pytest.fixture(scope="session")
+def server(repository, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "tritonserver.log"
+    options = ServerOptions(
+        repository=repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=log,
+        ready_timeout_s=240,
+    )
+    with TritonServer(options) as running:
+        yield running
+    assert running.process is not None and running.process.returncode is not None
+
+
+@pytest.fixture(scope="session")
+def reference(fixture_checkpoints) -> Reference:
+    return Reference(fixture_checkpoints)
+
+
+@pytest.fixture(scope="session")
+def image_bytes(flickr_images) -> list[bytes]:
+    return [p.read_bytes() for p in flickr_images[:50]]

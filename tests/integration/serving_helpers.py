@@ -1,0 +1,81 @@
+"""Helpers for the integration tests: the `transformers` reference and server statistics."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+MAX_LENGTH = 64
+
+
+class Reference:
+    """What the original app computed per request: `generate()` on the PyTorch checkpoints, one at a time."""
+
+    def __init__(self, checkpoints):
+        import torch
+        from transformers import (
+            AutoTokenizer,
+            BlipForConditionalGeneration,
+            BlipProcessor,
+            MBartForConditionalGeneration,
+        )
+
+        torch.set_grad_enabled(False)
+        self.torch = torch
+        self.processor = BlipProcessor.from_pretrained(checkpoints.blip)
+        self.blip = BlipForConditionalGeneration.from_pretrained(checkpoints.blip).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoints.mbart, src_lang="en_XX")
+        self.mbart = MBartForConditionalGeneration.from_pretrained(checkpoints.mbart).eval()
+        self.ar_id = self.tokenizer.convert_tokens_to_ids("ar_AR")
+        self._cache: dict[tuple, str] = {}
+
+    def caption(
+        self, image_bytes: bytes, num_beams: int | None = None, max_new_tokens: int | None = None
+    ) -> str:
+        from PIL import Image
+
+        key = ("caption", image_bytes, num_beams, max_new_tokens)
+        if key not in self._cache:
+            pixels = self.processor(
+                images=Image.open(io.BytesIO(image_bytes)), return_tensors="pt"
+            ).pixel_values
+            kwargs: dict[str, int] = {"max_length": MAX_LENGTH}
+            if max_new_tokens is not None:
+                kwargs = {"max_new_tokens": max_new_tokens}
+            if num_beams is not None:
+                kwargs["num_beams"] = num_beams
+            ids = self.blip.generate(pixels, **kwargs)
+            self._cache[key] = self.processor.decode(ids[0], skip_special_tokens=True)
+        return self._cache[key]
+
+    def translate(self, text: str, num_beams: int | None = None) -> str:
+        key = ("translate", text, num_beams)
+        if key not in self._cache:
+            inputs = self.tokenizer(text, return_tensors="pt")
+            kwargs = {"max_length": MAX_LENGTH, "forced_bos_token_id": self.ar_id}
+            if num_beams is not None:
+                kwargs["num_beams"] = num_beams
+            ids = self.mbart.generate(**inputs, **kwargs)
+            self._cache[key] = self.tokenizer.decode(ids[0], skip_special_tokens=True)
+        return self._cache[key]
+
+    def both(self, image_bytes: bytes, caption_beams=None, translation_beams=None) -> tuple[str, str]:
+        english = self.caption(image_bytes, caption_beams)
+        return english, self.translate(english, translation_beams)
+
+
+def batch_stats(grpc_url: str, model: str) -> dict[int, int]:
+    """Executions per batch size, from the server's own statistics."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(grpc_url) as client:
+        stats = client.get_inference_statistics(model, as_json=True)
+    out: dict[int, int] = {}
+    for entry in stats["model_stats"][0].get("batch_stats", []):
+        out[int(entry["batch_size"])] = int(entry["compute_infer"]["count"])
+    return out
+
+
+def assert_all_equal(pairs: Sequence[tuple[object, object]], what: str) -> None:
+    mismatches = [(i, a, b) for i, (a, b) in enumerate(pairs) if a != b]
+    assert not mismatches, f"{len(mismatches)}/{len(pairs)} {what} differ; first: {mismatches[:3]}"

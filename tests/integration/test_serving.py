@@ -1,0 +1,152 @@
+"""End to end through a real tritonserver: served captions equal `transformers`' `generate()` token for token."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from captioning.client import CaptionClient, GenerationOptions, InvalidInputError
+from serving_helpers import assert_all_equal, batch_stats
+
+pytestmark = pytest.mark.integration
+
+MODES = {
+    # checkpoint defaults: BLIP greedy, mBART-50 beam search as its generation config says
+    "greedy-caption": GenerationOptions(),
+    "beam": GenerationOptions(caption_num_beams=3, translation_num_beams=5),
+    "greedy-translation": GenerationOptions(caption_num_beams=5, translation_num_beams=1),
+}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_captions_equal_generate(server, reference, image_bytes, protocol, mode):
+    options = MODES[mode]
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    with CaptionClient(url, protocol=protocol, timeout_s=300) as client:
+        results = client.caption_batch(image_bytes, options=options, max_in_flight=4)
+    expected = [
+        reference.both(data, options.caption_num_beams, options.translation_num_beams) for data in image_bytes
+    ]
+    assert len(results) == len(image_bytes) >= 50
+    assert_all_equal([(r.english, e[0]) for r, e in zip(results, expected, strict=True)], "English captions")
+    assert_all_equal([(r.arabic, e[1]) for r, e in zip(results, expected, strict=True)], "Arabic captions")
+    assert len({r.english for r in results}) > 5, "fixture captions should vary between images"
+
+
+def test_concurrent_requests_are_batched(server, reference, image_bytes):
+    before = batch_stats(server.grpc_url, "caption_generator")
+    images = image_bytes[:16]
+    with CaptionClient(server.grpc_url, timeout_s=300) as client:
+        results = client.caption_batch(images, max_in_flight=16)
+    expected = [reference.both(data) for data in images]
+    assert_all_equal([((r.english, r.arabic), e) for r, e in zip(results, expected, strict=True)], "captions")
+    after = batch_stats(server.grpc_url, "caption_generator")
+    batched = {size: after.get(size, 0) - before.get(size, 0) for size in after if size > 1}
+    assert sum(batched.values()) > 0, f"no batched executions of caption_generator: {after}"
+    translator = batch_stats(server.grpc_url, "translator")
+    assert any(size > 1 for size in translator), f"translator never batched: {translator}"
+
+
+def test_translator_alone(server, reference, shared_data):
+    lines = (shared_data / "tatoeba_ara_eng" / "ara.txt").read_text(encoding="utf-8").splitlines()
+    sentences = [line.split("\t")[0] for line in lines[::600]][:20]
+    with CaptionClient(server.http_url, protocol="http", timeout_s=300) as client:
+        served = client.translate(sentences)
+        greedy = client.translate(sentences[:5], options=GenerationOptions(translation_num_beams=1))
+    assert_all_equal(
+        [(s, reference.translate(t)) for s, t in zip(served, sentences, strict=True)], "translations"
+    )
+    assert_all_equal(
+        [(s, reference.translate(t, 1)) for s, t in zip(greedy, sentences[:5], strict=True)],
+        "greedy translations",
+    )
+
+
+def test_max_new_tokens_per_request(server, reference, image_bytes):
+    options = GenerationOptions(caption_max_new_tokens=4, caption_num_beams=2)
+    with CaptionClient(server.grpc_url, timeout_s=300) as client:
+        results = client.caption_batch(image_bytes[:4], lang="en", options=options)
+    expected = [reference.caption(data, 2, max_new_tokens=4) for data in image_bytes[:4]]
+    assert_all_equal([(r.english, e) for r, e in zip(results, expected, strict=True)], "short captions")
+    assert all(r.arabic is None for r in results)
+
+
+def test_bad_image_fails_alone_in_a_concurrent_batch(server, reference, image_bytes):
+    good = image_bytes[:7]
+    bad = [b"this is not an image", image_bytes[0][:300]]
+    batch = good[:3] + [bad[0]] + good[3:] + [bad[1]]
+    with CaptionClient(server.grpc_url, timeout_s=300) as client:
+        results = client.caption_batch(batch, max_in_flight=16, return_exceptions=True)
+        assert client.is_ready()
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert len(errors) == 2
+    assert all(isinstance(e, InvalidInputError) for e in errors)
+    assert "not a decodable image" in str(results[3])
+    assert "cannot be read" in str(results[-1]) or "truncated" in str(results[-1])
+    served = [r for r in results if not isinstance(r, Exception)]
+    expected = [reference.both(data) for data in good]
+    assert_all_equal([((r.english, r.arabic), e) for r, e in zip(served, expected, strict=True)], "captions")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"caption_num_beams": 99}, "caption_num_beams must be in 1..8"),
+        ({"translation_max_new_tokens": 500}, "translation_max_new_tokens must be in 1..63"),
+        ({"caption_num_beams": "lots"}, "caption_num_beams must be an integer"),
+    ],
+)
+def test_out_of_range_options_are_invalid_arg(server, image_bytes, options, message):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        image = grpcclient.InferInput("image", [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[image_bytes[0]]], dtype=np.object_))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("arabic_caption", [image], parameters=options)
+    assert message in info.value.message()
+    assert "INVALID_ARG" in str(info.value.status()) or "INVALID_ARGUMENT" in str(info.value.status())
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "message"),
+    [([1, 1], "INT32", "data-type"), ([1, 2], "BYTES", "shape")],
+)
+def test_wrong_tensor_type_or_shape_is_invalid_arg(server, shape, dtype, message):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        tensor = httpclient.InferInput("image", shape, dtype)
+        data = (
+            np.zeros(shape, dtype=np.int32)
+            if dtype == "INT32"
+            else np.array([[b"a", b"b"]], dtype=np.object_)
+        )
+        tensor.set_data_from_numpy(data)
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("arabic_caption", [tensor])
+    assert message in info.value.message().lower()
+    with CaptionClient(server.grpc_url) as client:
+        assert client.is_ready()
+
+
+def test_caption_cli_prints_captions(server, reference, flickr_images):
+    paths = [str(p) for p in flickr_images[:2]]
+    completed = subprocess.run(
+        [sys.executable, "-m", "captioning.client.cli", *paths, "--url", server.grpc_url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
+    assert len(lines) == 2
+    for line, path in zip(lines, flickr_images[:2], strict=True):
+        english, arabic = reference.both(path.read_bytes())
+        assert line["english"] == english and line["arabic"] == arabic

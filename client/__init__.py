@@ -1,1 +1,32 @@
-"""Client SDK and `caption` CLI; installs without torch."""
+"""Client SDK and `caption` CLI; installs without torch.
+
+from captioning.client import CaptionClient
+with CaptionClient("localhost:8001", wait_ready_s=30) as client:
+    print(client.caption("photo.jpg").arabic)
+"""
+
+from captioning.client.aio import AsyncCaptionClient
+from captioning.client.endpoint import Endpoint, parse_endpoint
+from captioning.client.errors import (
+    CaptionError,
+    CaptionTimeoutError,
+    InvalidInputError,
+    ModelNotReadyError,
+    ServerUnreachableError,
+)
+from captioning.client.sdk import CaptionClient
+from captioning.client.types import CaptionResult, GenerationOptions
+
+__all__ = [
+    "AsyncCaptionClient",
+    "CaptionClient",
+    "CaptionError",
+    "CaptionResult",
+    "CaptionTimeoutError",
+    "Endpoint",
+    "GenerationOptions",
+    "InvalidInputError",
+    "ModelNotReadyError",
+    "ServerUnreachableError",
+    "parse_endpoint",
+]

@@ -218,17 +218,12 @@ def write_repository(
 
 
 def _copy_graph(source: Path, target: Path) -> None:
-    """Copy a graph and its external-data file(s), which must keep their names."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.resolve() == target.resolve():
-        return
-    import onnx
+    """Copy a graph as `model.onnx`; an external-data file keeps its name, which the graph refers to."""
+    from captioning.export.graphs import graph_files
 
-    model = onnx.load(str(source), load_external_data=True)
-    if model.ByteSize() < 1_800_000_000:
-        onnx.save_model(model, str(target))
-    else:
-        onnx.save_model(model, str(target), save_as_external_data=True, location="model.onnx.data")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for path in graph_files(source):
+        shutil.copy2(path, target if path.suffix == ".onnx" else target.parent / path.name)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -1,0 +1,87 @@
+"""Small exception hierarchy, so callers never need to parse tritonclient's errors themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+
+class CaptionError(Exception):
+    """Base of every error the SDK raises; `status` is the transport status when the server answered."""
+
+    def __init__(self, message: str, *, status: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ServerUnreachableError(CaptionError, ConnectionError):
+    """Nothing answered at the URL (refused, unresolvable host, connection dropped)."""
+
+
+class ModelNotReadyError(CaptionError):
+    """The server answered but the model is unknown, still loading or unavailable."""
+
+
+class InvalidInputError(CaptionError, ValueError):
+    """The server rejected the request (INVALID_ARG) or the client refused to send it."""
+
+
+class CaptionTimeoutError(CaptionError, TimeoutError):
+    """No answer within the client's timeout."""
+
+
+_MODEL_MISSING = re.compile(
+    r"unknown model|not at ready state|no available versions|model '[^']*' is not (ready|found|loaded)",
+    re.IGNORECASE,
+)
+_NOT_FOUND = {"StatusCode.NOT_FOUND", "404"}
+_INVALID = {"StatusCode.INVALID_ARGUMENT", "400", "StatusCode.UNIMPLEMENTED"}
+_TIMEOUT = {"StatusCode.DEADLINE_EXCEEDED", "408", "504"}
+_UNAVAILABLE = {"StatusCode.UNAVAILABLE"}
+
+
+def from_triton_exception(exc: Exception, *, url: str = "") -> CaptionError:
+    """Map a tritonclient `InferenceServerException` (gRPC or HTTP flavour) onto the hierarchy."""
+    status = exc.status() if callable(getattr(exc, "status", None)) else None
+    message = exc.message() if callable(getattr(exc, "message", None)) else None
+    message = message or str(exc)
+    status = str(status) if status is not None else None
+    if status in _TIMEOUT:
+        return CaptionTimeoutError(f"timed out waiting for {url or 'the server'}: {message}", status=status)
+    # Checked before UNAVAILABLE: Triton answers UNAVAILABLE for a model that is not ready yet.
+    if status in _NOT_FOUND or _MODEL_MISSING.search(message):
+        return ModelNotReadyError(message, status=status)
+    if status in _UNAVAILABLE or status == "503":
+        return ServerUnreachableError(
+            f"cannot reach Triton at {url or 'the server'}: {message}", status=status
+        )
+    if status in _INVALID:
+        return InvalidInputError(message, status=status)
+    return CaptionError(message, status=status)
+
+
+def map_exception(exc: BaseException, *, url: str = "") -> CaptionError | None:
+    """Translate any transport-level exception; None means "not ours, let it propagate"."""
+    if isinstance(exc, CaptionError):
+        return exc
+    if type(exc).__name__ == "InferenceServerException":
+        return from_triton_exception(exc, url=url)  # type: ignore[arg-type]
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return CaptionTimeoutError(
+            f"timed out waiting for {url or 'the server'}: {str(exc) or 'no answer in time'}"
+        )
+    if isinstance(exc, OSError) or _is_aiohttp_connection_error(exc):
+        return ServerUnreachableError(f"cannot reach Triton at {url or 'the server'}: {exc}")
+    return None
+
+
+def _is_aiohttp_connection_error(exc: BaseException) -> bool:
+    """aiohttp's ServerDisconnectedError & co. are not OSErrors; match without importing aiohttp."""
+    return any(
+        cls.__module__.startswith("aiohttp") and cls.__name__ == "ClientConnectionError"
+        for cls in type(exc).__mro__
+    )

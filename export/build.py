@@ -145,7 +145,12 @@ def build_repository(
             settings,
             (int(image_size["height"]), int(image_size["width"])),
             manifest,
-            dataclasses.replace(options.repository, src_lang=options.source_lang),
+            dataclasses.replace(
+                options.repository,
+                src_lang=options.source_lang,
+                # Longer text would index past mBART's learned positions.
+                max_source_tokens=min(options.repository.max_source_tokens, mbart.config.max_position_embeddings),
+            ),
         )
         if output.exists():
             shutil.rmtree(output)

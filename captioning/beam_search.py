@@ -1,0 +1,168 @@
+"""Beam search, a numpy port of `GenerationMixin._beam_search` in `transformers` 4.57.6.
+
+The port keeps HF's vectorised state layout ([batch, beams, ...] arrays, -1e9 score masks, the early-stop
+heuristic) instead of the older per-hypothesis `BeamScorer`, because the 4.57 heuristics (which hypotheses
+are admitted, when a batch item stops) are defined by that arithmetic; rewriting it differently would
+change outputs in corner cases. All rows are decoded every step, like HF does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from captioning.generation import Decoder, GenerationSettings
+
+__all__ = ["beam_search", "log_softmax", "topk_indices"]
+
+_NEG = np.float32(-1.0e9)
+
+ScoreProcessor = Callable[["GenerationSettings", np.ndarray, np.ndarray], np.ndarray]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 log-softmax over the last axis; the sum is taken in float64, which matches torch's CPU
+    kernel more often than a float32 sum does."""
+    logits = logits.astype(np.float32, copy=False)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    total = np.exp(shifted).astype(np.float64).sum(axis=-1, keepdims=True).astype(np.float32)
+    return shifted - np.log(total)
+
+
+def topk_indices(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values of each row, sorted descending; exact ties go to the lower index
+    (torch.topk leaves tie order unspecified)."""
+    rows, width = x.shape
+    out = np.empty((rows, k), dtype=np.int64)
+    for r in range(rows):
+        row = x[r]
+        if k < width:
+            kth = -np.partition(-row, k - 1)[k - 1]
+            cand = np.flatnonzero(row >= kth)
+        else:
+            cand = np.arange(width)
+        order = np.lexsort((cand, -row[cand]))
+        out[r] = cand[order[:k]]
+    return out
+
+
+def _gather_beams(tensor: np.ndarray, beam_indices: np.ndarray) -> np.ndarray:
+    """HF `_gather_beams`: pick along axis 1 of [B, beams, ...] with [B, k] indices."""
+    idx = beam_indices.reshape(beam_indices.shape + (1,) * (tensor.ndim - 2))
+    idx = np.broadcast_to(idx, beam_indices.shape + tensor.shape[2:])
+    return np.take_along_axis(tensor, idx, axis=1)
+
+
+def _length_divisor(length: int, length_penalty: float) -> np.float32:
+    # torch divides a float32 tensor by a Python float in float32
+    return np.float32(length**length_penalty)
+
+
+def beam_search(
+    decoder: Decoder,
+    encoder_hidden_states: np.ndarray,
+    encoder_attention_mask: np.ndarray,
+    s: GenerationSettings,
+    process: ScoreProcessor,
+) -> list[list[int]]:
+    batch = encoder_hidden_states.shape[0]
+    nb = s.num_beams
+    prompt_len = len(s.prompt_ids)
+    max_length = s.max_length
+    eos = np.asarray(s.eos_token_ids, dtype=np.int64)
+    keep = max(2, 1 + len(s.eos_token_ids)) * nb
+    top_num_beam_mask = np.arange(keep) < nb
+    lp = s.length_penalty
+    early_true = s.early_stopping is True
+
+    # The fill value never reaches the output: each hypothesis is cut to its own length at the end.
+    # (HF pads a batch with `pad_token_id or eos_token_id[0]`, i.e. EOS when pad is 0.)
+    running_sequences = np.full((batch, nb, max_length), s.pad_token_id, dtype=np.int64)
+    running_sequences[:, :, :prompt_len] = np.asarray(s.prompt_ids, dtype=np.int64)
+    sequences = running_sequences.copy()
+    running_beam_scores = np.zeros((batch, nb), dtype=np.float32)
+    running_beam_scores[:, 1:] = _NEG
+    beam_scores = np.full((batch, nb), _NEG, dtype=np.float32)
+    is_sent_finished = np.zeros((batch, nb), dtype=bool)
+    heuristic_unsatisfied = np.ones((batch, 1), dtype=bool)
+    running_beam_indices = np.full((batch, nb, max_length - prompt_len), -1, dtype=np.int32)
+    beam_indices = running_beam_indices.copy()
+
+    enc = np.repeat(encoder_hidden_states, nb, axis=0)
+    enc_mask = np.repeat(encoder_attention_mask, nb, axis=0)
+    batch_offset = np.arange(batch, dtype=np.int64)[:, None] * nb
+    past: list[np.ndarray] | None = None
+    cur_len = prompt_len
+    while True:
+        # a. forward the running beams (whole prompt first, then only the newest token)
+        flat = running_sequences[:, :, :cur_len].reshape(batch * nb, cur_len)
+        logits, past = decoder(flat if past is None else flat[:, -1:], past, enc, enc_mask)
+        vocab = logits.shape[-1]
+
+        # b. log-probs, processors, accumulated scores
+        log_probs = process(s, flat, log_softmax(logits))
+        log_probs = log_probs.reshape(batch, nb, vocab) + running_beam_scores[:, :, None]
+        log_probs = log_probs.reshape(batch, nb * vocab)
+
+        # c. top-K continuations over all beams
+        topk_idx = topk_indices(log_probs, keep)
+        topk_log_probs = np.take_along_axis(log_probs, topk_idx, axis=1)
+        topk_beam = topk_idx // vocab
+        topk_ids = topk_idx % vocab
+        topk_running_sequences = _gather_beams(running_sequences, topk_beam)
+        topk_running_sequences[:, :, cur_len] = topk_ids
+        topk_running_beam_indices = _gather_beams(running_beam_indices, topk_beam)
+        topk_running_beam_indices[:, :, cur_len - prompt_len] = topk_beam + batch_offset
+
+        # d. which continuations stop (EOS or max_length)
+        hits = np.isin(topk_ids, eos) | (cur_len + 1 >= max_length)
+
+        # e. best non-finished beams continue
+        topk_running_log_probs = topk_log_probs + hits.astype(np.float32) * _NEG
+        nxt = topk_indices(topk_running_log_probs, nb)
+        running_sequences = _gather_beams(topk_running_sequences, nxt)
+        running_beam_scores = np.take_along_axis(topk_running_log_probs, nxt, axis=1)
+        running_beam_indices = _gather_beams(topk_running_beam_indices, nxt)
+
+        # f. admit finished candidates among the top num_beams into the finished set
+        just_finished = hits & top_num_beam_mask[None, :]
+        scores = topk_log_probs / _length_divisor(cur_len + 1 - prompt_len, lp)
+        full = is_sent_finished.all(axis=-1, keepdims=True) & early_true
+        scores = scores + full.astype(np.float32) * _NEG
+        scores = scores + (~heuristic_unsatisfied).astype(np.float32) * _NEG
+        scores = scores + (~just_finished).astype(np.float32) * _NEG
+        merged_scores = np.concatenate([beam_scores, scores], axis=1)
+        best = topk_indices(merged_scores, nb)
+        sequences = _gather_beams(np.concatenate([sequences, topk_running_sequences], axis=1), best)
+        beam_scores = np.take_along_axis(merged_scores, best, axis=1)
+        beam_indices = _gather_beams(np.concatenate([beam_indices, topk_running_beam_indices], axis=1), best)
+        is_sent_finished = np.take_along_axis(
+            np.concatenate([is_sent_finished, just_finished], axis=1), best, axis=1
+        )
+
+        # g. reorder the cache for the surviving beams, then decide whether to go on
+        beam_idx = running_beam_indices[:, :, cur_len - prompt_len].reshape(-1)
+        past = [np.take(p, beam_idx, axis=0) for p in past]
+        cur_len += 1
+
+        if s.early_stopping == "never" and lp > 0.0:
+            best_length = max_length - prompt_len
+        else:
+            best_length = cur_len - prompt_len
+        best_running = running_beam_scores[:, :1] / _length_divisor(best_length, lp)
+        worst_finished = np.where(is_sent_finished, beam_scores.min(axis=1, keepdims=True), _NEG)
+        heuristic_unsatisfied = heuristic_unsatisfied & (best_running > worst_finished).any(
+            axis=-1, keepdims=True
+        )
+        improvement_possible = heuristic_unsatisfied.any()
+        exists_open_beam = not (is_sent_finished.all() and early_true)
+        valid_continuations = not hits.all()
+        if not (improvement_possible and exists_open_beam and valid_continuations):
+            break
+
+    # Best hypothesis per item; its generated length is the count of recorded beam indices.
+    generated = (beam_indices[:, 0, :] != -1).sum(axis=1)
+    return [sequences[b, 0, : prompt_len + int(generated[b])].tolist() for b in range(batch)]

@@ -167,9 +167,9 @@ class TritonServer:
                 contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
                 urllib.request.urlopen(url, timeout=2) as response,
             ):
-                    if response.status == 200:
-                        LOG.info("tritonserver ready (http %s, grpc %s)", self.http_url, self.grpc_url)
-                        return
+                if response.status == 200:
+                    LOG.info("tritonserver ready (http %s, grpc %s)", self.http_url, self.grpc_url)
+                    return
             time.sleep(0.5)
         self.stop()
         raise ServerError(f"tritonserver was not ready within {self.options.ready_timeout_s:.0f} s")

@@ -8,6 +8,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
 from captioning.client.errors import CaptionError, InvalidInputError
 from captioning.client.types import (
     CAPTION_AR,

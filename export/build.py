@@ -84,14 +84,15 @@ def build_repository(
     captioner: str | Path, translator: str | Path, output: Path, options: BuildOptions = BuildOptions()
 ) -> Path:
     """Export, validate and lay out everything; the repository appears only once all of it succeeded."""
-    from captioning.export.errors import UnsupportedCheckpointError
-    from captioning.export.graphs import ExportOptions, export_graphs
     from transformers import (
         AutoTokenizer,
         BlipForConditionalGeneration,
         BlipProcessor,
         MBartForConditionalGeneration,
     )
+
+    from captioning.export.errors import UnsupportedCheckpointError
+    from captioning.export.graphs import ExportOptions, export_graphs
 
     options.validate_options()
     output = Path(output)
@@ -149,7 +150,9 @@ def build_repository(
                 options.repository,
                 src_lang=options.source_lang,
                 # Longer text would index past mBART's learned positions.
-                max_source_tokens=min(options.repository.max_source_tokens, mbart.config.max_position_embeddings),
+                max_source_tokens=min(
+                    options.repository.max_source_tokens, mbart.config.max_position_embeddings
+                ),
             ),
         )
         if output.exists():

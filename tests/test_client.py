@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
 from captioning.client import (
     AsyncCaptionClient,
     CaptionClient,
@@ -33,8 +36,6 @@ from captioning.client import (
 )
 from captioning.client.errors import from_triton_exception, map_exception
 from captioning.client.images import load_image
-from PIL import Image
-from tritonclient.utils import InferenceServerException
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,6 @@ from captioning.export.graphs import ExportOptions, export_graphs, export_models
 from captioning.export.mbart import encoder_job, mbart_jobs  # noqa: E402
 from captioning.export.specs import GRAPH_NAMES, encoder_spec  # noqa: E402
 from captioning.export.validate import validate_graph  # noqa: E402
-
 from captioning.graphs import DecoderGraph, OrtRunner  # noqa: E402
 
 OPTIONS = ExportOptions(progress=False, ort_threads=1)

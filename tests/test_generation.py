@@ -7,6 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+
+from captioning.generation import GenerationSettings, generate
+
 from torch_decoders import (
     BlipTorchDecoder,
     MBartTorchDecoder,
@@ -15,8 +18,6 @@ from torch_decoders import (
     mbart_encode,
     toy_hf_model,
 )
-
-from captioning.generation import GenerationSettings, generate
 
 BLIP_BOS, BLIP_SEP, BLIP_PAD, BLIP_VOCAB = 298, 102, 0, 300
 MB_START, MB_EOS, MB_PAD, MB_LANG, MB_VOCAB = 2, 2, 1, 150, 200

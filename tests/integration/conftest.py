@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serving_helpers import Reference
 
 from captioning.server import ServerOptions, TritonServer, free_port
+
+from serving_helpers import Reference
 
 
 @pytest.fixture(scope="session")

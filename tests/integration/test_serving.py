@@ -8,7 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+
 from captioning.client import CaptionClient, GenerationOptions, InvalidInputError
+
 from serving_helpers import assert_all_equal, batch_stats
 
 pytestmark = pytest.mark.integration

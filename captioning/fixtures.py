@@ -9,7 +9,6 @@ an argmax or a beam ranking, and an end-of-sequence bias makes output lengths va
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -17,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from captioning.tokenization import spm_protobuf_compat
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,7 +245,7 @@ def _mbart_tokenizer(workdir: Path, data_dir: Path):
     from transformers import MBart50TokenizerFast
 
     spm_model = train_spm(workdir / "sentencepiece.bpe.model", data_dir)
-    with _spm_protobuf():
+    with spm_protobuf_compat():
         return MBart50TokenizerFast(
             vocab_file=str(spm_model),
             src_lang=MBART_SRC_LANG,
@@ -252,28 +253,6 @@ def _mbart_tokenizer(workdir: Path, data_dir: Path):
             model_max_length=1024,
             bos_token="<s>",
         )
-
-
-@contextlib.contextmanager
-def _spm_protobuf() -> Iterator[None]:
-    """Let the slow->fast conversion parse the spm model when sentencepiece's bundled protobuf code is
-    newer than the installed protobuf runtime (sentencepiece 0.2.1+ with protobuf 6 raises VersionError);
-    transformers ships an equivalent parser that works with the installed runtime."""
-    import importlib
-    from unittest import mock
-
-    # Not ``import transformers.convert_slow_tokenizer``: the package re-exports a function of that name.
-    convert = importlib.import_module("transformers.convert_slow_tokenizer")
-
-    try:
-        convert.import_protobuf()
-    except Exception:  # any import or protobuf version failure: use the fallback
-        from transformers.utils import sentencepiece_model_pb2_new
-
-        with mock.patch.object(convert, "import_protobuf", lambda *_a, **_k: sentencepiece_model_pb2_new):
-            yield
-        return
-    yield
 
 
 def _mbart_model(tokenizer):

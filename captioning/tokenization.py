@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def spm_protobuf_compat() -> Iterator[None]:
+    """Let the slow->fast conversion parse the spm model when sentencepiece's bundled protobuf code is
+    newer than the installed protobuf runtime (sentencepiece 0.2.1+ with protobuf 6 raises VersionError);
+    transformers ships an equivalent parser that works with the installed runtime."""
+    import importlib
+    from unittest import mock
+
+    # Not ``import transformers.convert_slow_tokenizer``: the package re-exports a function of that name.
+    convert = importlib.import_module("transformers.convert_slow_tokenizer")
+
+    try:
+        convert.import_protobuf()
+    except Exception:  # any import or protobuf version failure: use the fallback
+        from transformers.utils import sentencepiece_model_pb2_new
+
+        with mock.patch.object(convert, "import_protobuf", lambda *_a, **_k: sentencepiece_model_pb2_new):
+            yield
+        return
+    yield
 
 
 class TextTooLongError(ValueError):
@@ -25,7 +49,8 @@ class TextCodec:
     ) -> TextCodec:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        with spm_protobuf_compat():
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
         if src_lang is not None:
             tokenizer.src_lang = src_lang
         return cls(tokenizer=tokenizer, max_source_tokens=max_source_tokens)

@@ -93,6 +93,7 @@ def build_repository(
 
     from captioning.export.errors import UnsupportedCheckpointError
     from captioning.export.graphs import ExportOptions, export_graphs
+    from captioning.tokenization import spm_protobuf_compat
 
     options.validate_options()
     output = Path(output)
@@ -115,7 +116,8 @@ def build_repository(
             raise UnsupportedCheckpointError(str(exc)) from exc
         processor = BlipProcessor.from_pretrained(str(captioner))
         processor.save_pretrained(work / "processor")
-        tokenizer = AutoTokenizer.from_pretrained(str(translator), src_lang=options.source_lang)
+        with spm_protobuf_compat():
+            tokenizer = AutoTokenizer.from_pretrained(str(translator), src_lang=options.source_lang)
         tokenizer.save_pretrained(work / "translator_tokenizer")
         settings = {
             "caption": caption_settings(blip, options.max_length).to_dict(),

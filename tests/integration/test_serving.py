@@ -152,3 +152,56 @@ def test_caption_cli_prints_captions(server, reference, flickr_images):
     for line, path in zip(lines, flickr_images[:2], strict=True):
         english, arabic = reference.both(path.read_bytes())
         assert line["english"] == english and line["arabic"] == arabic
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_async_client(server, reference, image_bytes, protocol):
+    import asyncio
+
+    from captioning.client import AsyncCaptionClient
+
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+
+    async def run():
+        async with AsyncCaptionClient(url, protocol=protocol, timeout_s=300) as client:
+            captions = await client.caption_batch(image_bytes[:6])
+            english = await client.caption(image_bytes[6], lang="en")
+            translation = await client.translate("a dog runs on the beach")
+            return captions, english, translation
+
+    captions, english, translation = asyncio.run(run())
+    expected = [reference.both(data) for data in image_bytes[:6]]
+    assert_all_equal(
+        [((r.english, r.arabic), e) for r, e in zip(captions, expected, strict=True)], "captions"
+    )
+    assert english.english == reference.caption(image_bytes[6]) and english.arabic is None
+    assert translation == reference.translate("a dog runs on the beach")
+
+
+def test_unknown_model_is_not_ready(server):
+    from captioning.client import ModelNotReadyError
+
+    with CaptionClient(server.grpc_url, model="no_such_model") as client, pytest.raises(ModelNotReadyError):
+        client.caption(b"\xff\xd8 not used")
+
+
+def test_caption_cli_translates_text(server, reference):
+    text = "two children play football in the park"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "captioning.client.cli",
+            "--text",
+            text,
+            "--url",
+            server.http_url,
+            "--protocol",
+            "http",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert reference.translate(text) in completed.stdout

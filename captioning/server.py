@@ -200,15 +200,19 @@ def running_server(options: ServerOptions) -> Iterator[TritonServer]:
         yield server
 
 
-def serve_forever(options: ServerOptions) -> int:
-    """Run in the foreground until SIGINT/SIGTERM; forward the signal so the server drains and exits."""
+def serve_forever(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
+    """Run in the foreground until SIGINT/SIGTERM; forward the signal so the server drains and exits.
+
+    The handler only forwards the signal: waiting inside it would deadlock with the main thread's wait.
+    """
     server = TritonServer(options)
-    stop = {"requested": False}
+    stop_requested: list[float] = []
 
     def _handle(signum, _frame):
-        stop["requested"] = True
         LOG.info("received signal %d, stopping tritonserver", signum)
-        server.stop()
+        stop_requested.append(time.monotonic())
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signal.SIGINT)
 
     signal.signal(signal.SIGINT, _handle)
     signal.signal(signal.SIGTERM, _handle)
@@ -219,5 +223,11 @@ def serve_forever(options: ServerOptions) -> int:
         flush=True,
     )
     assert server.process is not None
-    code = server.process.wait()
-    return 0 if stop["requested"] else code
+    while server.process.poll() is None:
+        time.sleep(0.2)
+        if stop_requested and time.monotonic() - stop_requested[0] > drain_timeout_s:
+            LOG.warning("tritonserver did not stop within %.0f s; killing it", drain_timeout_s)
+            server.process.kill()
+            server.process.wait()
+    server.stop()
+    return 0 if stop_requested else server.process.returncode

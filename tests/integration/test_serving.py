@@ -205,3 +205,36 @@ def test_caption_cli_translates_text(server, reference):
         check=True,
     )
     assert reference.translate(text) in completed.stdout
+
+
+def _encoded(size: tuple[int, int], fmt: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (120, 30, 200)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "image is empty"),
+        (_encoded((64, 48), "GIF"), "format GIF is not supported"),
+        (_encoded((8000, 6500), "PNG"), "8000x6500 = 52000000 pixels; the limit is 50000000"),
+    ],
+    ids=["empty", "gif", "too-many-pixels"],
+)
+def test_bad_image_is_invalid_arg_naming_the_problem(server, data, message):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        image = grpcclient.InferInput("image", [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[data]], dtype=np.object_))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("english_caption", [image])
+        assert client.is_model_ready("english_caption")
+    assert message in info.value.message()
+    assert "INVALID_ARGUMENT" in str(info.value.status())

@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     fixtures.add_argument("--output", required=True)
     fixtures.add_argument("--seed", type=int, default=0)
     fixtures.set_defaults(func=_fixtures)
+
+    from captioning.training.commands import register_all
+
+    register_all(sub)
     return parser
 
 

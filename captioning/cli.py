@@ -11,7 +11,7 @@ LOG = logging.getLogger("captioning")
 
 
 def _export(args: argparse.Namespace) -> int:
-    from captioning.export.build import BuildOptions, build_repository
+    from captioning.export.build import BuildOptions, StageDefaults, build_repository
     from captioning.export.repository import RepositoryOptions
 
     options = BuildOptions(
@@ -22,6 +22,10 @@ def _export(args: argparse.Namespace) -> int:
         validate=not args.no_validate,
         progress=not args.no_progress,
         repository=RepositoryOptions(max_batch_size=args.max_batch_size, decoder_runner=args.decoder_runner),
+        caption=StageDefaults(args.caption_beams, args.caption_max_new_tokens, args.caption_min_new_tokens),
+        translation=StageDefaults(
+            args.translation_beams, args.translation_max_new_tokens, args.translation_min_new_tokens
+        ),
     )
     path = build_repository(args.captioner, args.translator, Path(args.output), options)
     print(f"model repository written to {path}")
@@ -95,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["bls", "inprocess"],
         help="generators call the decoder models through Triton (bls) or run the graphs themselves",
     )
+    for stage in ("caption", "translation"):
+        group = export.add_argument_group(f"{stage} defaults (override the checkpoint's generation config)")
+        group.add_argument(f"--{stage}-beams", type=int, help="default beam width")
+        group.add_argument(f"--{stage}-max-new-tokens", type=int, help="default limit of generated tokens")
+        group.add_argument(
+            f"--{stage}-min-new-tokens",
+            type=int,
+            help="no end token before this many (fixes lengths for benchmarks)",
+        )
     export.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     export.add_argument("--no-progress", action="store_true")
     export.set_defaults(func=_export)

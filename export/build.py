@@ -18,6 +18,29 @@ DEFAULT_MAX_LENGTH = 64
 
 
 @dataclasses.dataclass(frozen=True)
+class StageDefaults:
+    """Repository-wide overrides of one stage's checkpoint defaults (requests can still override beams and
+    max new tokens). `min_new_tokens` = `max_new_tokens` fixes the output length, which is how benchmarks
+    make random-weight checkpoints cost what trained ones do."""
+
+    num_beams: int | None = None
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
+
+    def apply(self, settings):
+        if self.num_beams is not None:
+            settings = settings.with_num_beams(self.num_beams)
+        if self.max_new_tokens is not None:
+            settings = settings.with_max_new_tokens(self.max_new_tokens)
+        if self.min_new_tokens is not None:
+            settings = dataclasses.replace(
+                settings, min_length=len(settings.prompt_ids) + self.min_new_tokens
+            )
+        settings.validate()
+        return settings
+
+
+@dataclasses.dataclass(frozen=True)
 class BuildOptions:
     target: str = "cpu"
     source_lang: str = "en_XX"
@@ -26,6 +49,8 @@ class BuildOptions:
     validate: bool = True
     progress: bool = True
     repository: RepositoryOptions = RepositoryOptions()
+    caption: StageDefaults = StageDefaults()
+    translation: StageDefaults = StageDefaults()
 
     def validate_options(self) -> None:
         if self.target != "cpu":

@@ -91,15 +91,15 @@ def beam_search(
     running_beam_indices = np.full((batch, nb, max_length - prompt_len), -1, dtype=np.int32)
     beam_indices = running_beam_indices.copy()
 
-    enc = np.repeat(encoder_hidden_states, nb, axis=0)
-    enc_mask = np.repeat(encoder_attention_mask, nb, axis=0)
+    session = decoder.start(encoder_hidden_states, encoder_attention_mask, nb)
+    first = True
     batch_offset = np.arange(batch, dtype=np.int64)[:, None] * nb
-    past: list[np.ndarray] | None = None
     cur_len = prompt_len
     while True:
         # a. forward the running beams (whole prompt first, then only the newest token)
         flat = running_sequences[:, :, :cur_len].reshape(batch * nb, cur_len)
-        logits, past = decoder(flat if past is None else flat[:, -1:], past, enc, enc_mask)
+        logits = session.step(flat if first else flat[:, -1:])
+        first = False
         vocab = logits.shape[-1]
 
         # b. log-probs, processors, accumulated scores
@@ -145,7 +145,7 @@ def beam_search(
 
         # g. reorder the cache for the surviving beams, then decide whether to go on
         beam_idx = running_beam_indices[:, :, cur_len - prompt_len].reshape(-1)
-        past = [np.take(p, beam_idx, axis=0) for p in past]
+        session.reorder(beam_idx)
         cur_len += 1
 
         if s.early_stopping == "never" and lp > 0.0:

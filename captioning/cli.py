@@ -95,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-batch-size", type=int, default=16)
     export.add_argument(
         "--decoder-runner",
-        default="bls",
-        choices=["bls", "inprocess"],
-        help="generators call the decoder models through Triton (bls) or run the graphs themselves",
+        default="inprocess",
+        choices=["inprocess", "bls"],
+        help="generators run their graphs in-process (fast on CPU) or call the graph models through Triton "
+        "(bls: for GPU nodes with native backends)",
     )
     for stage in ("caption", "translation"):
         group = export.add_argument_group(f"{stage} defaults (override the checkpoint's generation config)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -236,18 +236,62 @@ class GenerationSettings:
         return dataclasses.replace(self, num_beams=num_beams)
 
 
-class Decoder(Protocol):
-    """One decoder step: `input_ids` [N,T] (T = prompt length first, then 1) with the flat self-attention
-    cache `past` ([k0, v0, k1, v1, ...], each [N,H,P,Dh]; None on the first step) -> (logits of the last
-    position [N,V] float32, present cache in the same flat layout)."""
+class DecoderSession(Protocol):
+    """The decoder state of one `generate()` call."""
 
-    def __call__(
-        self,
-        input_ids: np.ndarray,
-        past: list[np.ndarray] | None,
-        encoder_hidden_states: np.ndarray,
-        encoder_attention_mask: np.ndarray,
-    ) -> tuple[np.ndarray, list[np.ndarray]]: ...
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        """`input_ids` [N,T] (the prompt first, then the newest token) -> last-position logits [N,V] float32."""
+        ...
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Keep cache row `rows[i]` as row i (beam search)."""
+        ...
+
+
+class Decoder(Protocol):
+    """Starts a session for B sources decoded with `num_beams` rows each (N = B x num_beams, source-major)."""
+
+    def start(
+        self, encoder_hidden_states: np.ndarray, encoder_attention_mask: np.ndarray, num_beams: int
+    ) -> DecoderSession: ...
+
+
+StepFunction = Callable[
+    [np.ndarray, "list[np.ndarray] | None", np.ndarray, np.ndarray], tuple[np.ndarray, list[np.ndarray]]
+]
+
+
+class CallableDecoder:
+    """A `Decoder` over a plain step function `(input_ids, past, states, mask) -> (logits, present)` whose
+    encoder inputs are per row (as `generate()` expands them); used for PyTorch references in tests."""
+
+    def __init__(self, function: StepFunction) -> None:
+        self.function = function
+
+    def start(self, encoder_hidden_states, encoder_attention_mask, num_beams):
+        return _CallableSession(
+            self.function,
+            np.repeat(encoder_hidden_states, num_beams, axis=0),
+            np.repeat(encoder_attention_mask, num_beams, axis=0),
+        )
+
+
+class _CallableSession:
+    def __init__(self, function: StepFunction, states: np.ndarray, mask: np.ndarray) -> None:
+        self.function, self.states, self.mask = function, states, mask
+        self.past: list[np.ndarray] | None = None
+
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        logits, self.past = self.function(input_ids, self.past, self.states, self.mask)
+        return logits
+
+    def reorder(self, rows: np.ndarray) -> None:
+        if self.past is not None:
+            self.past = [np.take(p, rows, axis=0) for p in self.past]
+
+
+def as_decoder(decoder: Decoder | StepFunction) -> Decoder:
+    return decoder if hasattr(decoder, "start") else CallableDecoder(decoder)
 
 
 def _banned_ngram_tokens(row: np.ndarray, n: int) -> list[int]:
@@ -296,10 +340,10 @@ def _greedy(
     eos = np.asarray(s.eos_token_ids, dtype=np.int64)
     unfinished = np.ones(batch, dtype=bool)
     lengths = np.full(batch, s.max_length, dtype=np.int64)
-    past: list[np.ndarray] | None = None
+    session = decoder.start(encoder_hidden_states, encoder_attention_mask, 1)
     step_ids = ids
     while True:
-        logits, past = decoder(step_ids, past, encoder_hidden_states, encoder_attention_mask)
+        logits = session.step(step_ids)
         scores = process_scores(s, ids, logits)
         next_tokens = np.where(unfinished, scores.argmax(axis=-1), s.pad_token_id).astype(np.int64)
         ids = np.concatenate([ids, next_tokens[:, None]], axis=1)
@@ -325,6 +369,7 @@ def generate(
         raise ValueError("encoder_hidden_states and encoder_attention_mask disagree on the batch size")
     if encoder_hidden_states.shape[0] == 0:
         return []
+    decoder = as_decoder(decoder)
     if settings.num_beams == 1:
         return _greedy(decoder, encoder_hidden_states, encoder_attention_mask, settings)
     from captioning.beam_search import beam_search

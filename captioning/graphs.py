@@ -1,18 +1,15 @@
 """Graph runners: how decoding code reaches an ONNX graph, independent of where the graph executes.
 
 `OrtRunner` runs a graph in-process with ONNX Runtime (CPU); a Triton BLS runner on a GPU node implements the
-same `GraphRunner` protocol, and `DecoderGraph` adapts either to the generation library's `Decoder`.
+same `GraphRunner` protocol, and `StepDecoder` adapts a pair of them to the generation library's `Decoder`.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-
-_PAST = re.compile(r"^past_key_values\.(\d+)\.key$")
 
 
 class GraphRunner(Protocol):
@@ -50,55 +47,52 @@ class OrtRunner:
         return dict(zip(self.output_names, outputs, strict=True))
 
 
-class DecoderGraph:
-    """The generation library's `Decoder` over any runner that follows the decoder graph contract."""
+class StepDecoder:
+    """The generation library's `Decoder` over a cross-KV graph and a decoder-step graph (docs/design.md).
 
-    def __init__(
-        self, runner: GraphRunner, *, num_heads: int | None = None, head_dim: int | None = None
-    ) -> None:
-        self.runner = runner
-        layers = sorted(int(m.group(1)) for name in runner.input_names if (m := _PAST.match(name)))
-        if not layers or layers != list(range(len(layers))):
-            raise ValueError(f"runner inputs {runner.input_names} do not follow the decoder graph contract")
-        self.num_layers = len(layers)
-        shape = getattr(runner, "input_shapes", {}).get("past_key_values.0.key", ())
-        self.num_heads = num_heads if num_heads is not None else _static(shape, 1, "heads")
-        self.head_dim = head_dim if head_dim is not None else _static(shape, 3, "head dim")
-        self.past_names = [
-            f"past_key_values.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")
-        ]
-        self.present_names = [
-            f"present.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")
-        ]
+    `start` projects each source's cross-attention keys/values once; the session then feeds them, unexpanded,
+    to every step of every beam, and keeps the self-attention cache between steps.
+    """
 
-    def empty_past(self, batch: int) -> list[np.ndarray]:
-        empty = np.zeros((batch, self.num_heads, 0, self.head_dim), dtype=np.float32)
-        return [empty] * (2 * self.num_layers)
+    def __init__(self, cross: GraphRunner, step: GraphRunner) -> None:
+        self.cross = cross
+        self.step = step
+        self.cross_names = tuple(n for n in step.input_names if n.startswith("cross."))
+        self.past_names = tuple(n for n in step.input_names if n.startswith("past_key_values."))
+        self.present_names = tuple(n for n in step.output_names if n.startswith("present."))
+        if not self.cross_names or len(self.past_names) != len(self.present_names):
+            raise ValueError(f"step graph inputs {step.input_names} do not follow the decoder step contract")
 
-    def __call__(
-        self,
-        input_ids: np.ndarray,
-        past: list[np.ndarray] | None,
-        encoder_hidden_states: np.ndarray,
-        encoder_attention_mask: np.ndarray,
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        input_ids = np.asarray(input_ids, dtype=np.int64)
-        if past is None:
-            past = self.empty_past(input_ids.shape[0])
-        if len(past) != len(self.past_names):
-            raise ValueError(f"expected {len(self.past_names)} past tensors, got {len(past)}")
-        feeds = {
-            "input_ids": input_ids,
-            "encoder_hidden_states": np.asarray(encoder_hidden_states, dtype=np.float32),
-            "encoder_attention_mask": np.asarray(encoder_attention_mask, dtype=np.int64),
-        }
-        feeds.update(zip(self.past_names, past, strict=True))
-        outputs = self.runner.run(feeds)
-        logits = np.ascontiguousarray(outputs["logits"][:, -1, :], dtype=np.float32)
-        return logits, [outputs[name] for name in self.present_names]
+    def start(
+        self, encoder_hidden_states: np.ndarray, encoder_attention_mask: np.ndarray, num_beams: int
+    ) -> StepSession:
+        states = np.ascontiguousarray(encoder_hidden_states, dtype=np.float32)
+        cross = self.cross.run({"encoder_hidden_states": states})
+        return StepSession(
+            self,
+            {name: cross[name] for name in self.cross_names},
+            np.ascontiguousarray(encoder_attention_mask, dtype=np.int64),
+            rows=states.shape[0] * num_beams,
+        )
 
 
-def _static(shape: tuple, axis: int, what: str) -> int:
-    if len(shape) > axis and isinstance(shape[axis], int):
-        return shape[axis]
-    raise ValueError(f"cannot read the {what} from the runner's past_key_values.0.key shape {shape}; pass it")
+class StepSession:
+    """One `generate()` call's decoder state: the cross keys/values and the growing self-attention cache."""
+
+    def __init__(self, decoder: StepDecoder, cross: dict[str, np.ndarray], mask: np.ndarray, rows: int):
+        self.decoder = decoder
+        self.feeds: dict[str, np.ndarray] = {"encoder_attention_mask": mask, **cross}
+        key = cross[decoder.cross_names[0]]  # [B, H, S, Dh]
+        empty = np.zeros((rows, key.shape[1], 0, key.shape[3]), dtype=np.float32)
+        self.past = [empty] * len(decoder.past_names)
+
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        feeds = dict(self.feeds)
+        feeds["input_ids"] = np.ascontiguousarray(input_ids, dtype=np.int64)
+        feeds.update(zip(self.decoder.past_names, self.past, strict=True))
+        outputs = self.decoder.step.run(feeds)
+        self.past = [outputs[name] for name in self.decoder.present_names]
+        return np.asarray(outputs["logits"], dtype=np.float32)
+
+    def reorder(self, rows: np.ndarray) -> None:
+        self.past = [np.take(p, rows, axis=0) for p in self.past]

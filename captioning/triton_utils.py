@@ -87,7 +87,6 @@ class BlsRunner:
         self.model_name = model_name
         self.input_names = tuple(meta["input_names"])
         self.output_names = tuple(meta["output_names"])
-        self.input_shapes = {k: tuple(v) for k, v in meta["input_shapes"].items()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         request = pb_utils.InferenceRequest(
@@ -150,3 +149,11 @@ def graph_runner(kind: str, meta: dict, repository: Path):
 
         return OrtRunner(repository / meta["model"] / "1" / "model.onnx")
     raise ValueError(f"unknown decoder_runner {kind!r}; expected 'bls' or 'inprocess'")
+
+
+def step_decoder(kind: str, graphs: dict, repository: Path):
+    from captioning.graphs import StepDecoder
+
+    return StepDecoder(
+        graph_runner(kind, graphs["cross"], repository), graph_runner(kind, graphs["step"], repository)
+    )

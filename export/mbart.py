@@ -6,17 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cache import (
-    cache_from_flat,
-    causal_keep,
-    feeds_to_torch,
-    flat_present,
-    linear_2d,
-    new_positions,
-    past_from_feeds,
-    random_decoder_feeds,
-)
-from .specs import MBART_DECODER, decoder_spec, encoder_spec
+from .specs import MBART_CROSS_KV, MBART_DECODER, encoder_spec
+from .step_jobs import DecoderDims, decoder_jobs
+from .steps import MBartCrossKV, MBartStep
 from .validate import ExportJob, ValidationCase
 
 
@@ -29,44 +21,6 @@ class MBartEncoderGraph(nn.Module):
         return self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, return_dict=True
         ).last_hidden_state
-
-
-class MBartDecoderGraph(nn.Module):
-    """Decoder + lm_head + final_logits_bias over a flat self-attention cache.
-
-    The 4-D additive mask and cache positions are built from tensor shapes, which keeps MBartDecoder off its
-    `sequence_length != 1` and SDPA "ignore the mask" branches that the tracer would otherwise freeze.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.decoder = model.get_decoder()
-        self.lm_head = model.lm_head
-        self.final_logits_bias = model.final_logits_bias
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor,
-        *past: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        cache = cache_from_flat(past)
-        dtype = encoder_hidden_states.dtype
-        keep = causal_keep(input_ids, past[0]).unsqueeze(1)
-        mask = torch.zeros_like(keep, dtype=dtype).masked_fill(~keep, torch.finfo(dtype).min)
-        out = self.decoder(
-            input_ids=input_ids,
-            attention_mask=mask,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            past_key_values=cache,
-            use_cache=True,
-            cache_position=new_positions(input_ids, past[0]),
-            return_dict=True,
-        )
-        logits = linear_2d(out.last_hidden_state, self.lm_head.weight, self.final_logits_bias.reshape(-1))
-        return (logits, *flat_present(cache))
 
 
 def _dims(model: nn.Module) -> dict[str, int]:
@@ -112,56 +66,34 @@ def encoder_job(model: nn.Module, seed: int = 0) -> ExportJob:
     return ExportJob(encoder_spec(), MBartEncoderGraph(model).eval(), example, [case(1, 5), case(3, 9)])
 
 
-def _decoder_reference(model: nn.Module, feeds: dict[str, np.ndarray], num_layers: int):
-    """PyTorch outputs through MBartForConditionalGeneration.forward (its own masks, positions and head)."""
-
-    def run() -> dict[str, np.ndarray]:
-        t = feeds_to_torch(feeds)
-        past = past_from_feeds(t, num_layers)
-        cache = cache_from_flat(past) if past[0].shape[2] > 0 else None
-        with torch.no_grad():
-            out = model(
-                attention_mask=t["encoder_attention_mask"],
-                encoder_outputs=(t["encoder_hidden_states"],),
-                decoder_input_ids=t["input_ids"],
-                past_key_values=cache,
-                use_cache=True,
-                return_dict=True,
-            )
-        result = {"logits": out.logits.numpy()}
-        for i, layer in enumerate(out.past_key_values.self_attention_cache.layers):
-            result[f"present.{i}.key"] = layer.keys.numpy()
-            result[f"present.{i}.value"] = layer.values.numpy()
-        return result
+def _reference(model: nn.Module):
+    def run(input_ids, states, mask, cache):
+        return model(
+            attention_mask=mask,
+            encoder_outputs=(states,),
+            decoder_input_ids=input_ids,
+            past_key_values=cache,
+            use_cache=True,
+            return_dict=True,
+        )
 
     return run
 
 
-def decoder_job(model: nn.Module, seed: int = 0) -> ExportJob:
-    dims = _dims(model)
-    rng = np.random.default_rng(seed)
-    spec = decoder_spec(MBART_DECODER, dims["num_layers"])
-
-    def feeds(batch: int, new_len: int, past_len: int, encoder_len: int) -> dict[str, np.ndarray]:
-        return random_decoder_feeds(
-            rng,
-            batch=batch,
-            new_len=new_len,
-            past_len=past_len,
-            encoder_len=encoder_len,
-            pad_encoder=True,
-            **dims,
-        )
-
-    cases = []
-    for batch, new_len, past_len, encoder_len in ((1, 1, 0, 4), (1, 2, 0, 7), (3, 1, 5, 6), (2, 3, 4, 5)):
-        f = feeds(batch, new_len, past_len, encoder_len)
-        label = f"batch={batch},new={new_len},past={past_len},encoder={encoder_len}"
-        cases.append(ValidationCase(label, f, _decoder_reference(model, f, dims["num_layers"])))
-    trace = feeds_to_torch(feeds(2, 2, 3, 5))
-    example = tuple(trace[name] for name in spec.input_names)
-    return ExportJob(spec, MBartDecoderGraph(model).eval(), example, cases)
+def decoder_jobs_for(model: nn.Module, seed: int = 0) -> list[ExportJob]:
+    d = _dims(model)
+    dims = DecoderDims(
+        num_layers=d["num_layers"],
+        num_heads=d["num_heads"],
+        head_dim=d["head_dim"],
+        hidden=d["hidden"],
+        vocab=d["vocab"],
+        pad_encoder=True,
+    )
+    return decoder_jobs(
+        (MBART_CROSS_KV, MBART_DECODER), MBartCrossKV(model), MBartStep(model), _reference(model), dims, seed
+    )
 
 
 def mbart_jobs(model: nn.Module, seed: int = 0) -> list[ExportJob]:
-    return [encoder_job(model, seed), decoder_job(model, seed + 1)]
+    return [encoder_job(model, seed), *decoder_jobs_for(model, seed + 1)]

@@ -13,16 +13,31 @@ from captioning.export.model_config import BatchingSpec, EnsembleStep, ModelSpec
 LOG = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "model_repository"
-GRAPH_MODELS = ("blip_vision", "blip_text_decoder", "mbart_encoder", "mbart_decoder")
+GRAPH_MODELS = (
+    "blip_vision",
+    "blip_cross_kv",
+    "blip_text_decoder",
+    "mbart_encoder",
+    "mbart_cross_kv",
+    "mbart_decoder",
+)
+
+
+# The graphs each generator drives, by role.
+GENERATOR_GRAPHS = {
+    "caption_generator": {"cross": "blip_cross_kv", "step": "blip_text_decoder"},
+    "translator": {"encoder": "mbart_encoder", "cross": "mbart_cross_kv", "step": "mbart_decoder"},
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class RepositoryOptions:
     max_batch_size: int = 16
     max_queue_delay_us: int = 2000
-    # How generators reach the decoder graphs: "bls" (through Triton, swappable for native backends on GPU)
-    # or "inprocess" (ONNX Runtime inside the generator's process).
-    decoder_runner: str = "bls"
+    # How generators reach their graphs: "inprocess" (ONNX Runtime inside the generator's process: no tensor
+    # copies through Triton per token, the fast path on CPU) or "bls" (calls to the graph models through
+    # Triton, for GPU nodes whose graph models run on Triton's native TensorRT/ONNX Runtime backends).
+    decoder_runner: str = "inprocess"
     intra_op_threads: int = 0  # 0: ONNX Runtime decides
     max_pixels: int = 50_000_000
     max_source_tokens: int = 256
@@ -85,9 +100,7 @@ def model_specs(
             parameters={"max_pixels": str(options.max_pixels)},
         ),
         _graph_spec("blip_vision", graph_meta["blip_vision"], options, batched=True),
-        _graph_spec("blip_text_decoder", graph_meta["blip_text_decoder"], options, batched=False),
-        _graph_spec("mbart_encoder", graph_meta["mbart_encoder"], options, batched=False),
-        _graph_spec("mbart_decoder", graph_meta["mbart_decoder"], options, batched=False),
+        *(_graph_spec(name, graph_meta[name], options, batched=False) for name in GRAPH_MODELS[1:]),
         ModelSpec(
             "caption_generator",
             (image_embeds,),
@@ -158,15 +171,8 @@ def graph_metadata(path: Path) -> dict:
 
 
 def runner_meta(model: str, meta: dict) -> dict:
-    """What a BLS runner needs to know about a graph it does not load: names and static shapes."""
-    return {
-        "model": model,
-        "input_names": meta["input_names"],
-        "output_names": meta["output_names"],
-        "input_shapes": {
-            n: [d if isinstance(d, int) else -1 for d in meta["shapes"][n]] for n in meta["input_names"]
-        },
-    }
+    """What a generator needs to reach a graph model: its name and tensor names."""
+    return {"model": model, "input_names": meta["input_names"], "output_names": meta["output_names"]}
 
 
 def write_repository(
@@ -202,16 +208,9 @@ def write_repository(
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(tokenizer, target)
         (output / model / "1" / "generation.json").write_text(json.dumps(settings[stage], indent=2) + "\n")
-    _write_json(
-        output / "caption_generator" / "1" / "decoder.json",
-        runner_meta("blip_text_decoder", meta["blip_text_decoder"]),
-    )
-    _write_json(
-        output / "translator" / "1" / "decoder.json", runner_meta("mbart_decoder", meta["mbart_decoder"])
-    )
-    _write_json(
-        output / "translator" / "1" / "encoder.json", runner_meta("mbart_encoder", meta["mbart_encoder"])
-    )
+    for model, roles in GENERATOR_GRAPHS.items():
+        graphs_meta = {role: runner_meta(name, meta[name]) for role, name in roles.items()}
+        _write_json(output / model / "1" / "graphs.json", graphs_meta)
     _write_json(output / "manifest.json", manifest)
     LOG.info("wrote model repository %s (%d models)", output, len(written))
     return written

@@ -13,7 +13,16 @@ BLIP_VISION = "blip_vision"
 BLIP_TEXT_DECODER = "blip_text_decoder"
 MBART_ENCODER = "mbart_encoder"
 MBART_DECODER = "mbart_decoder"
-GRAPH_NAMES: tuple[str, ...] = (BLIP_VISION, BLIP_TEXT_DECODER, MBART_ENCODER, MBART_DECODER)
+BLIP_CROSS_KV = "blip_cross_kv"
+MBART_CROSS_KV = "mbart_cross_kv"
+GRAPH_NAMES: tuple[str, ...] = (
+    BLIP_VISION,
+    BLIP_CROSS_KV,
+    BLIP_TEXT_DECODER,
+    MBART_ENCODER,
+    MBART_CROSS_KV,
+    MBART_DECODER,
+)
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-5  # np.allclose's default, as optimum's validator uses
@@ -70,21 +79,46 @@ def encoder_spec(atol: float = DEFAULT_ATOL) -> GraphSpec:
     )
 
 
-def decoder_spec(name: str, num_layers: int, atol: float = DECODER_ATOL) -> GraphSpec:
-    """The shared BLIP-text / mBART decoder interface: self-attention cache in, grown cache out."""
-    axes: dict[str, dict[int, str]] = {
-        "input_ids": {0: "batch", 1: "new_len"},
-        "encoder_hidden_states": {0: "batch", 1: "encoder_len"},
-        "encoder_attention_mask": {0: "batch", 1: "encoder_len"},
-        "logits": {0: "batch", 1: "new_len"},
-    }
-    for past in past_names(num_layers):
-        axes[past] = {0: "batch", 2: "past_len"}
-    for present in present_names(num_layers):
-        axes[present] = {0: "batch", 2: "total_len"}
+def cross_names(num_layers: int) -> tuple[str, ...]:
+    return tuple(f"cross.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value"))
+
+
+def cross_kv_spec(name: str, num_layers: int, atol: float = DEFAULT_ATOL) -> GraphSpec:
+    """Encoder states -> the cross-attention keys/values of every decoder layer, once per source."""
+    axes: dict[str, dict[int, str]] = {"encoder_hidden_states": {0: "batch", 1: "encoder_len"}}
+    for cross in cross_names(num_layers):
+        axes[cross] = {0: "batch", 2: "encoder_len"}
     return GraphSpec(
         name=name,
-        input_names=("input_ids", "encoder_hidden_states", "encoder_attention_mask", *past_names(num_layers)),
+        input_names=("encoder_hidden_states",),
+        output_names=cross_names(num_layers),
+        dynamic_axes=axes,
+        atol=atol,
+    )
+
+
+def decoder_spec(name: str, num_layers: int, atol: float = DECODER_ATOL) -> GraphSpec:
+    """The shared BLIP-text / mBART decoder step: rows N = batch x beams (source-major) attend to their
+    source's cross keys/values; self-attention cache in, grown cache out, last-position logits out."""
+    axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: "rows", 1: "new_len"},
+        "encoder_attention_mask": {0: "batch", 1: "encoder_len"},
+        "logits": {0: "rows"},
+    }
+    for cross in cross_names(num_layers):
+        axes[cross] = {0: "batch", 2: "encoder_len"}
+    for past in past_names(num_layers):
+        axes[past] = {0: "rows", 2: "past_len"}
+    for present in present_names(num_layers):
+        axes[present] = {0: "rows", 2: "total_len"}
+    return GraphSpec(
+        name=name,
+        input_names=(
+            "input_ids",
+            "encoder_attention_mask",
+            *cross_names(num_layers),
+            *past_names(num_layers),
+        ),
         output_names=("logits", *present_names(num_layers)),
         dynamic_axes=axes,
         atol=atol,

@@ -19,7 +19,7 @@ from captioning.export.graphs import ExportOptions, export_graphs, export_models
 from captioning.export.mbart import encoder_job, mbart_jobs  # noqa: E402
 from captioning.export.specs import GRAPH_NAMES, encoder_spec  # noqa: E402
 from captioning.export.validate import validate_graph  # noqa: E402
-from captioning.graphs import DecoderGraph, OrtRunner  # noqa: E402
+from captioning.graphs import OrtRunner, StepDecoder  # noqa: E402
 
 OPTIONS = ExportOptions(progress=False, ort_threads=1)
 LAYERS, HEADS, HIDDEN = 2, 4, 32
@@ -100,22 +100,17 @@ def test_export_writes_the_contract_graphs(exported):
     for name, path in exported.items():
         assert path.name == f"{name}.onnx" and path.is_file()
     decoder = onnx.load(str(exported["mbart_decoder"])).graph
+    cross = [f"cross.{i}.{kind}" for i in range(LAYERS) for kind in ("key", "value")]
     past = [f"past_key_values.{i}.{kind}" for i in range(LAYERS) for kind in ("key", "value")]
     present = [f"present.{i}.{kind}" for i in range(LAYERS) for kind in ("key", "value")]
-    assert [i.name for i in decoder.input] == [
-        "input_ids",
-        "encoder_hidden_states",
-        "encoder_attention_mask",
-        *past,
-    ]
+    assert [i.name for i in decoder.input] == ["input_ids", "encoder_attention_mask", *cross, *past]
     assert [o.name for o in decoder.output] == ["logits", *present]
-    key = decoder.input[3].type.tensor_type.shape.dim
-    assert [d.dim_param or d.dim_value for d in key] == ["batch", HEADS, "past_len", HIDDEN // HEADS]
-    assert [i.name for i in onnx.load(str(exported["blip_text_decoder"])).graph.input][:3] == [
-        "input_ids",
-        "encoder_hidden_states",
-        "encoder_attention_mask",
-    ]
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in decoder.input}
+    assert dims["cross.0.key"] == ["batch", HEADS, "encoder_len", HIDDEN // HEADS]
+    assert dims["past_key_values.0.key"] == ["rows", HEADS, "past_len", HIDDEN // HEADS]
+    blip = onnx.load(str(exported["blip_text_decoder"])).graph
+    assert [i.name for i in blip.input][:3] == ["input_ids", "encoder_attention_mask", "cross.0.key"]
+    assert [o.name for o in onnx.load(str(exported["blip_cross_kv"])).graph.output] == cross
 
 
 @pytest.mark.parametrize("seed", [101, 202])
@@ -131,18 +126,35 @@ def test_graphs_match_pytorch_on_fresh_inputs(exported, models, seed):
             assert "past=0" in labels and "past=5" in labels and "batch=3" in labels
 
 
-def _step_logits(decoder: DecoderGraph, ids: np.ndarray, states: np.ndarray, mask: np.ndarray, prompt: int):
-    """Logits after each position from prompt-1 on, fed as a prompt then one token at a time."""
-    logits, past = decoder(ids[:, :prompt], None, states, mask)
-    steps = [logits]
+def _decoder(exported, prefix: str) -> StepDecoder:
+    return StepDecoder(
+        OrtRunner(exported[f"{prefix}_cross_kv"], intra_op_threads=1),
+        OrtRunner(
+            exported[f"{prefix}_decoder" if prefix == "mbart" else "blip_text_decoder"], intra_op_threads=1
+        ),
+    )
+
+
+def _step_logits(decoder: StepDecoder, ids, states, mask, prompt: int, beams: int = 1) -> np.ndarray:
+    """Logits after each position from prompt-1 on, fed as a prompt then one token at a time; with beams > 1
+    every source's rows carry the same tokens, so each row must equal the single-beam result."""
+    rows = np.repeat(ids, beams, axis=0)
+    session = decoder.start(states, mask, beams)
+    steps = [session.step(rows[:, :prompt])]
     for t in range(prompt, ids.shape[1]):
-        logits, past = decoder(ids[:, t : t + 1], past, states, mask)
-        steps.append(logits)
-    assert past[0].shape == (ids.shape[0], HEADS, ids.shape[1], HIDDEN // HEADS)
-    return np.stack(steps, axis=1)
+        session.reorder(
+            np.arange(rows.shape[0])[::-1].reshape(-1, beams)[::-1].reshape(-1)
+        )  # swap within sources
+        steps.append(session.step(rows[:, t : t + 1]))
+    assert session.past[0].shape == (rows.shape[0], HEADS, ids.shape[1], HIDDEN // HEADS)
+    got = np.stack(steps, axis=1)
+    for beam in range(1, beams):
+        np.testing.assert_array_equal(got[beam::beams], got[::beams])
+    return got[::beams]
 
 
-def test_blip_decoder_graph_equals_pytorch_steps(exported, models):
+@pytest.mark.parametrize("beams", [1, 3])
+def test_blip_decoder_graph_equals_pytorch_steps(exported, models, beams):
     blip, _ = models
     rng = np.random.default_rng(7)
     pixels = rng.standard_normal((2, 3, 32, 32), dtype=np.float32)
@@ -152,9 +164,7 @@ def test_blip_decoder_graph_equals_pytorch_steps(exported, models):
     mask = np.ones(states.shape[:2], dtype=np.int64)
     ids = rng.integers(3, 99, size=(2, 6))
     ids[:, 0] = 1
-    decoder = DecoderGraph(OrtRunner(exported["blip_text_decoder"], intra_op_threads=1))
-    assert (decoder.num_layers, decoder.num_heads, decoder.head_dim) == (LAYERS, HEADS, HIDDEN // HEADS)
-    got = _step_logits(decoder, ids, states, mask, prompt=1)
+    got = _step_logits(_decoder(exported, "blip"), ids, states, mask, prompt=1, beams=beams)
     with torch.no_grad():
         embeds = blip.vision_model(pixel_values=torch.from_numpy(pixels)).last_hidden_state
         want = blip.text_decoder(
@@ -163,7 +173,8 @@ def test_blip_decoder_graph_equals_pytorch_steps(exported, models):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
 
 
-def test_mbart_decoder_graph_equals_pytorch_steps(exported, models):
+@pytest.mark.parametrize("beams", [1, 2])
+def test_mbart_decoder_graph_equals_pytorch_steps(exported, models, beams):
     _, mbart = models
     rng = np.random.default_rng(8)
     source = rng.integers(4, 200, size=(3, 7))
@@ -174,7 +185,7 @@ def test_mbart_decoder_graph_equals_pytorch_steps(exported, models):
     states = encoder.run({"input_ids": source, "attention_mask": source_mask})["last_hidden_state"]
     ids = rng.integers(4, 200, size=(3, 5))
     ids[:, 0] = 2
-    got = _step_logits(DecoderGraph(OrtRunner(exported["mbart_decoder"])), ids, states, source_mask, prompt=2)
+    got = _step_logits(_decoder(exported, "mbart"), ids, states, source_mask, prompt=2, beams=beams)
     with torch.no_grad():
         want = mbart(
             input_ids=torch.from_numpy(source),

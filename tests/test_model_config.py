@@ -32,9 +32,11 @@ GRAPH_META = {
         "dtypes": {"pixel_values": "FP32", "image_embeds": "FP32"},
         "shapes": {"pixel_values": ["batch", 3, 96, 96], "image_embeds": ["batch", 37, 64]},
     },
-    "blip_text_decoder": _meta(["input_ids", "encoder_hidden_states"], ["logits"]),
+    "blip_cross_kv": _meta(["encoder_hidden_states"], ["cross.0.key", "cross.0.value"]),
+    "blip_text_decoder": _meta(["input_ids", "encoder_attention_mask", "cross.0.key"], ["logits"]),
     "mbart_encoder": _meta(["input_ids", "attention_mask"], ["last_hidden_state"]),
-    "mbart_decoder": _meta(["input_ids", "encoder_hidden_states"], ["logits"]),
+    "mbart_cross_kv": _meta(["encoder_hidden_states"], ["cross.0.key", "cross.0.value"]),
+    "mbart_decoder": _meta(["input_ids", "encoder_attention_mask", "cross.0.key"], ["logits"]),
 }
 
 

@@ -9,23 +9,20 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from captioning.graphs import DecoderGraph
 from captioning.options import stage_options
 from captioning.stages import CaptionStage, load_settings
 from captioning.tokenization import TextCodec
-from captioning.triton_utils import graph_runner, model_dir, model_parameters, run_rows, string_tensor
+from captioning.triton_utils import model_dir, model_parameters, run_rows, step_decoder, string_tensor
 
 
 class TritonPythonModel:
     def initialize(self, args):
         directory = model_dir(args)
         params = model_parameters(args)
-        meta = json.loads((directory / "decoder.json").read_text())
-        runner = graph_runner(
-            params.get("decoder_runner", "bls"), meta, Path(args["model_repository"]).parent
-        )
+        graphs = json.loads((directory / "graphs.json").read_text())
+        kind = params.get("decoder_runner", "inprocess")
         self.stage = CaptionStage(
-            decoder=DecoderGraph(runner),
+            decoder=step_decoder(kind, graphs, Path(args["model_repository"]).parent),
             settings=load_settings(directory / "generation.json"),
             codec=TextCodec.load(directory / "tokenizer"),
         )

@@ -7,7 +7,6 @@ Decoding lives in `captioning.generation`, batching and tokenisation in `caption
 import json
 from pathlib import Path
 
-from captioning.graphs import DecoderGraph
 from captioning.options import stage_options
 from captioning.stages import TranslationStage, load_settings
 from captioning.tokenization import TextCodec
@@ -16,6 +15,7 @@ from captioning.triton_utils import (
     model_dir,
     model_parameters,
     run_rows,
+    step_decoder,
     string_rows,
     string_tensor,
 )
@@ -26,12 +26,11 @@ class TritonPythonModel:
         directory = model_dir(args)
         params = model_parameters(args)
         repository = Path(args["model_repository"]).parent
-        kind = params.get("decoder_runner", "bls")
-        meta = json.loads((directory / "decoder.json").read_text())
-        encoder_meta = json.loads((directory / "encoder.json").read_text())
+        kind = params.get("decoder_runner", "inprocess")
+        graphs = json.loads((directory / "graphs.json").read_text())
         self.stage = TranslationStage(
-            encoder=graph_runner(kind, encoder_meta, repository),
-            decoder=DecoderGraph(graph_runner(kind, meta, repository)),
+            encoder=graph_runner(kind, graphs["encoder"], repository),
+            decoder=step_decoder(kind, graphs, repository),
             settings=load_settings(directory / "generation.json"),
             codec=TextCodec.load(
                 directory / "tokenizer",

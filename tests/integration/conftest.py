@@ -46,3 +46,25 @@ def reference(fixture_checkpoints) -> Reference:
 @pytest.fixture(scope="session")
 def image_bytes(flickr_images) -> list[bytes]:
     return [p.read_bytes() for p in flickr_images[:50]]
+
+
+@pytest.fixture(scope="session")
+def bls_server(fixture_checkpoints, tmp_path_factory):
+    """The same checkpoints with generators that reach every graph through Triton (BLS), as GPU nodes do."""
+    from captioning.export.build import BuildOptions, build_repository
+    from captioning.export.repository import RepositoryOptions
+
+    output = tmp_path_factory.mktemp("export-bls") / "repository"
+    options = BuildOptions(progress=False, repository=RepositoryOptions(decoder_runner="bls"))
+    repository = build_repository(fixture_checkpoints.blip, fixture_checkpoints.mbart, output, options)
+    log = tmp_path_factory.mktemp("server-bls") / "tritonserver.log"
+    server_options = ServerOptions(
+        repository=repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=log,
+        ready_timeout_s=240,
+    )
+    with TritonServer(server_options) as running:
+        yield running

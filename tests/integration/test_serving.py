@@ -238,3 +238,14 @@ def test_bad_image_is_invalid_arg_naming_the_problem(server, data, message):
         assert client.is_model_ready("english_caption")
     assert message in info.value.message()
     assert "INVALID_ARGUMENT" in str(info.value.status())
+
+
+def test_bls_runner_gives_the_same_captions(bls_server, reference, image_bytes):
+    options = GenerationOptions(caption_num_beams=3, translation_num_beams=2)
+    with CaptionClient(bls_server.grpc_url, timeout_s=300) as client:
+        results = client.caption_batch(image_bytes[:8], options=options, max_in_flight=8)
+    expected = [reference.both(data, 3, 2) for data in image_bytes[:8]]
+    assert_all_equal([((r.english, r.arabic), e) for r, e in zip(results, expected, strict=True)], "captions")
+    assert batch_stats(bls_server.grpc_url, "blip_text_decoder"), (
+        "the decoder model was never called over BLS"
+    )

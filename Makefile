@@ -13,12 +13,13 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 # torch is installed first and pinned, so pip takes the local CPU wheel and nothing pulls CUDA builds.
-$(STAMP): pyproject.toml scripts/install-system-deps.sh
+$(STAMP): pyproject.toml scripts/install-system-deps.sh scripts/install-perf-analyzer.sh
 	bash scripts/install-system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel "setuptools>=69"
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	VENV=$(VENV) bash scripts/install-perf-analyzer.sh
 	touch $@
 
 demo: install

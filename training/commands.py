@@ -14,6 +14,7 @@ MODULES = (
     "captioning.training.translator",
     "captioning.training.baselines",
     "captioning.training.evaluate",
+    "captioning.bench",
 )
 
 

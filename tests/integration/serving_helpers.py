@@ -21,6 +21,8 @@ class Reference:
         )
 
         torch.set_grad_enabled(False)
+        # One thread: the server under test shares the cores, and oversubscribed torch threads crawl.
+        torch.set_num_threads(1)
         self.torch = torch
         self.processor = BlipProcessor.from_pretrained(checkpoints.blip)
         self.blip = BlipForConditionalGeneration.from_pretrained(checkpoints.blip).eval()

@@ -20,6 +20,7 @@ def _export(args: argparse.Namespace) -> int:
         target_lang=args.target_lang,
         max_length=args.max_length,
         validate=not args.no_validate,
+        precision=args.precision,
         progress=not args.no_progress,
         repository=RepositoryOptions(max_batch_size=args.max_batch_size, decoder_runner=args.decoder_runner),
         caption=StageDefaults(args.caption_beams, args.caption_max_new_tokens, args.caption_min_new_tokens),
@@ -109,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             help="no end token before this many (fixes lengths for benchmarks)",
         )
+    export.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "int8"],
+        help="fp32: token-exact with generate(); int8: opt-in dynamic quantisation, faster, not exact",
+    )
     export.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     export.add_argument("--no-progress", action="store_true")
     export.set_defaults(func=_export)

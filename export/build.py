@@ -51,12 +51,17 @@ class BuildOptions:
     repository: RepositoryOptions = RepositoryOptions()
     caption: StageDefaults = StageDefaults()
     translation: StageDefaults = StageDefaults()
+    precision: str = "fp32"  # "int8": opt-in dynamic quantisation (export/quantize.py), not token-exact
 
     def validate_options(self) -> None:
         if self.target != "cpu":
             raise ValueError(
                 f"target {self.target!r} is not available yet; only 'cpu' (ONNX Runtime in the Python backend)"
             )
+        from captioning.export.quantize import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 2 <= self.max_length <= 1024:
             raise ValueError(f"max_length must be in 2..1024, got {self.max_length}")
         self.repository.validate()
@@ -133,6 +138,10 @@ def build_repository(
             work / "graphs",
             ExportOptions(validate=options.validate, progress=options.progress),
         )
+        if options.precision == "int8":
+            from captioning.export.quantize import quantize_graphs
+
+            graphs = quantize_graphs(graphs, work / "int8")
         LOG.info("reading generation settings and tokenizers")
         try:
             blip = BlipForConditionalGeneration.from_pretrained(str(captioner))
@@ -155,6 +164,7 @@ def build_repository(
             "captioner": str(captioner),
             "translator": str(translator),
             "target": options.target,
+            "precision": options.precision,
             "source_lang": options.source_lang,
             "target_lang": options.target_lang,
             "generation": settings,

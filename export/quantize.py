@@ -1,0 +1,64 @@
+"""Opt-in int8 graphs: ONNX Runtime dynamic quantisation of every MatMul/Gemm weight.
+
+Weights are stored as int8 (per output channel) and activations are quantised on the fly, which the VNNI
+instructions of these CPUs run several times faster than fp32. Outputs are no longer token-identical to
+`generate()`: how often they agree is measured (docs/performance.md) and real quality must be checked with
+`captioning evaluate` on real checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+LOG = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "int8")
+
+
+def quantize_graphs(graphs: dict[str, Path], output_dir: Path) -> dict[str, Path]:
+    """int8 copies of `graphs` in `output_dir`, same names."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from tqdm.auto import tqdm
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, path in tqdm(graphs.items(), desc="int8", leave=False):
+        target = output_dir / path.name
+        large = path.with_name(f"{path.name}.data").exists()
+        quantize_dynamic(
+            _untied(path),
+            target,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=large,
+        )
+        LOG.info("quantised %s to int8 (%.0f MB -> %.0f MB)", name, _size(path) / 1e6, _size(target) / 1e6)
+        out[name] = target
+    return out
+
+
+def _untied(path: Path):
+    """The graph with every weight that a Gather (embedding lookup) shares with a MatMul/Gemm (tied output
+    layer) duplicated: the quantiser rewrites a weight for its matrix consumer and would break the lookup."""
+    import onnx
+
+    model = onnx.load(str(path))
+    initializers = {i.name: i for i in model.graph.initializer}
+    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in initializers}
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm"):
+            continue
+        for index, name in enumerate(node.input):
+            if name in gathered:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(initializers[name])
+                copy.name = f"{name}_untied_{node.name or index}"
+                model.graph.initializer.append(copy)
+                node.input[index] = copy.name
+    return model
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path, path.with_name(f"{path.name}.data")) if p.exists())

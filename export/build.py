@@ -153,12 +153,11 @@ def build_repository(
         with spm_protobuf_compat():
             tokenizer = AutoTokenizer.from_pretrained(str(translator), src_lang=options.source_lang)
         tokenizer.save_pretrained(work / "translator_tokenizer")
-        settings = {
-            "caption": caption_settings(blip, options.max_length).to_dict(),
-            "translation": translation_settings(
-                mbart, tokenizer, options.target_lang, options.max_length
-            ).to_dict(),
-        }
+        caption = options.caption.apply(caption_settings(blip, options.max_length))
+        translation = options.translation.apply(
+            translation_settings(mbart, tokenizer, options.target_lang, options.max_length)
+        )
+        settings = {"caption": caption.to_dict(), "translation": translation.to_dict()}
         image_size = processor.image_processor.size
         manifest = {
             "captioner": str(captioner),

@@ -19,10 +19,6 @@ def cache_from_flat(past: Sequence[torch.Tensor]) -> EncoderDecoderCache:
     return EncoderDecoderCache(DynamicCache(ddp_cache_data=pairs), DynamicCache())
 
 
-def flat_present(cache: EncoderDecoderCache) -> tuple[torch.Tensor, ...]:
-    return tuple(t for layer in cache.self_attention_cache.layers for t in (layer.keys, layer.values))
-
-
 def new_positions(input_ids: torch.Tensor, past_key: torch.Tensor) -> torch.Tensor:
     """Absolute positions `P .. P+T-1` of the new tokens, shape [T]."""
     new_len = input_ids.shape[1]
@@ -49,40 +45,5 @@ def linear_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     return out.reshape(x.shape[0], x.shape[1], weight.shape[0])
 
 
-def random_decoder_feeds(
-    rng: np.random.Generator,
-    *,
-    batch: int,
-    new_len: int,
-    past_len: int,
-    encoder_len: int,
-    hidden: int,
-    num_layers: int,
-    num_heads: int,
-    head_dim: int,
-    vocab: int,
-    pad_encoder: bool,
-) -> dict[str, np.ndarray]:
-    """Fresh decoder inputs in contract layout; with `pad_encoder`, later batch rows get padded encoder states."""
-    mask = np.ones((batch, encoder_len), dtype=np.int64)
-    if pad_encoder:
-        for row in range(1, batch):
-            mask[row, max(1, encoder_len - row) :] = 0
-    feeds = {
-        "input_ids": rng.integers(0, vocab, size=(batch, new_len), dtype=np.int64),
-        "encoder_hidden_states": rng.standard_normal((batch, encoder_len, hidden), dtype=np.float32),
-        "encoder_attention_mask": mask,
-    }
-    for i in range(num_layers):
-        for kind in ("key", "value"):
-            shape = (batch, num_heads, past_len, head_dim)
-            feeds[f"past_key_values.{i}.{kind}"] = rng.standard_normal(shape, dtype=np.float32)
-    return feeds
-
-
 def feeds_to_torch(feeds: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in feeds.items()}
-
-
-def past_from_feeds(tensors: dict[str, torch.Tensor], num_layers: int) -> list[torch.Tensor]:
-    return [tensors[f"past_key_values.{i}.{kind}"] for i in range(num_layers) for kind in ("key", "value")]

@@ -73,15 +73,7 @@ def _text_reference(model: nn.Module):
 
 
 def text_decoder_jobs(model: nn.Module, seed: int = 0) -> list[ExportJob]:
-    d = _text_dims(model)
-    dims = DecoderDims(
-        num_layers=d["num_layers"],
-        num_heads=d["num_heads"],
-        head_dim=d["head_dim"],
-        hidden=d["hidden"],
-        vocab=d["vocab"],
-        fixed_encoder_len=_num_patches(model),
-    )
+    dims = DecoderDims(**_text_dims(model), fixed_encoder_len=_num_patches(model))
     return decoder_jobs(
         (BLIP_CROSS_KV, BLIP_TEXT_DECODER),
         BlipCrossKV(model),

@@ -81,15 +81,7 @@ def _reference(model: nn.Module):
 
 
 def decoder_jobs_for(model: nn.Module, seed: int = 0) -> list[ExportJob]:
-    d = _dims(model)
-    dims = DecoderDims(
-        num_layers=d["num_layers"],
-        num_heads=d["num_heads"],
-        head_dim=d["head_dim"],
-        hidden=d["hidden"],
-        vocab=d["vocab"],
-        pad_encoder=True,
-    )
+    dims = DecoderDims(**_dims(model), pad_encoder=True)
     return decoder_jobs(
         (MBART_CROSS_KV, MBART_DECODER), MBartCrossKV(model), MBartStep(model), _reference(model), dims, seed
     )

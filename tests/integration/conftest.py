@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from captioning.server import ServerOptions, TritonServer, free_port
-
-from serving_helpers import Reference
+from serving_helpers import Reference, serve
 
 
 @pytest.fixture(scope="session")
@@ -24,16 +22,7 @@ def repository(fixture_checkpoints, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(repository, tmp_path_factory):
-    log = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    options = ServerOptions(
-        repository=repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_file=log,
-        ready_timeout_s=240,
-    )
-    with TritonServer(options) as running:
+    with serve(repository, tmp_path_factory.mktemp("server")) as running:
         yield running
     assert running.process is not None and running.process.returncode is not None
 
@@ -57,14 +46,5 @@ def bls_server(fixture_checkpoints, tmp_path_factory):
     output = tmp_path_factory.mktemp("export-bls") / "repository"
     options = BuildOptions(progress=False, repository=RepositoryOptions(decoder_runner="bls"))
     repository = build_repository(fixture_checkpoints.blip, fixture_checkpoints.mbart, output, options)
-    log = tmp_path_factory.mktemp("server-bls") / "tritonserver.log"
-    server_options = ServerOptions(
-        repository=repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_file=log,
-        ready_timeout_s=240,
-    )
-    with TritonServer(server_options) as running:
+    with serve(repository, tmp_path_factory.mktemp("server-bls")) as running:
         yield running

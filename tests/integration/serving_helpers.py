@@ -8,6 +8,22 @@ from collections.abc import Sequence
 MAX_LENGTH = 64
 
 
+def serve(repository, log_dir):
+    """A TritonServer on free ports for `repository` (a context manager), logging into `log_dir`."""
+    from captioning.server import ServerOptions, TritonServer, free_port
+
+    return TritonServer(
+        ServerOptions(
+            repository=repository,
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            log_file=log_dir / "tritonserver.log",
+            ready_timeout_s=240,
+        )
+    )
+
+
 class Reference:
     """What the original app computed per request: `generate()` on the PyTorch checkpoints, one at a time."""
 

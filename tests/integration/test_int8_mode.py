@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 
 from captioning.client import CaptionClient
-from captioning.server import ServerOptions, TritonServer, free_port
 
-from serving_helpers import batch_stats
+from serving_helpers import batch_stats, serve
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +29,7 @@ def int8_server(fixture_checkpoints, tmp_path_factory):
         output,
         BuildOptions(progress=False, precision="int8"),
     )
-    options = ServerOptions(
-        repository=repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_file=tmp_path_factory.mktemp("server-int8") / "tritonserver.log",
-    )
-    with TritonServer(options) as server:
+    with serve(repository, tmp_path_factory.mktemp("server-int8")) as server:
         yield server
 
 

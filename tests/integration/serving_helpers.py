@@ -36,7 +36,6 @@ class Reference:
             MBartForConditionalGeneration,
         )
 
-        torch.set_grad_enabled(False)
         # One thread: the server under test shares the cores, and oversubscribed torch threads crawl.
         torch.set_num_threads(1)
         self.torch = torch

@@ -22,7 +22,11 @@ def _export(args: argparse.Namespace) -> int:
         validate=not args.no_validate,
         precision=args.precision,
         progress=not args.no_progress,
-        repository=RepositoryOptions(max_batch_size=args.max_batch_size, decoder_runner=args.decoder_runner),
+        repository=RepositoryOptions(
+            max_batch_size=args.max_batch_size,
+            decoder_runner=args.decoder_runner,
+            intra_op_threads=args.intra_op_threads,
+        ),
         caption=StageDefaults(args.caption_beams, args.caption_max_new_tokens, args.caption_min_new_tokens),
         translation=StageDefaults(
             args.translation_beams, args.translation_max_new_tokens, args.translation_min_new_tokens
@@ -110,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             help="no end token before this many (fixes lengths for benchmarks)",
         )
+    export.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads per model instance (0: all cores; 1 avoids oversubscription when "
+        "the pipeline's stages run at once)",
+    )
     export.add_argument(
         "--precision",
         default="fp32",

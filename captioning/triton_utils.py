@@ -140,20 +140,26 @@ def run_rows(
     return responses
 
 
-def graph_runner(kind: str, meta: dict, repository: Path):
+def graph_runner(kind: str, meta: dict, repository: Path, threads: int | None = None):
     """`bls`: call the graph's Triton model; `inprocess`: run its ONNX graph in this process."""
     if kind == "bls":
         return BlsRunner(meta["model"], meta)
     if kind == "inprocess":
         from captioning.graphs import OrtRunner
 
-        return OrtRunner(repository / meta["model"] / "1" / "model.onnx")
+        return OrtRunner(repository / meta["model"] / "1" / "model.onnx", intra_op_threads=threads)
     raise ValueError(f"unknown decoder_runner {kind!r}; expected 'bls' or 'inprocess'")
 
 
-def step_decoder(kind: str, graphs: dict, repository: Path):
+def step_decoder(kind: str, graphs: dict, repository: Path, threads: int | None = None):
     from captioning.graphs import StepDecoder
 
     return StepDecoder(
-        graph_runner(kind, graphs["cross"], repository), graph_runner(kind, graphs["step"], repository)
+        graph_runner(kind, graphs["cross"], repository, threads),
+        graph_runner(kind, graphs["step"], repository, threads),
     )
+
+
+def thread_count(params: dict[str, str]) -> int | None:
+    """The `intra_op_threads` model parameter; 0 or absent lets ONNX Runtime use every core."""
+    return int(params.get("intra_op_threads", "0")) or None

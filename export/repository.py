@@ -107,7 +107,7 @@ def model_specs(
             (caption_en,),
             max_batch_size=mbs,
             batching=batching,
-            parameters=generator_params,
+            parameters={**generator_params, "intra_op_threads": str(options.intra_op_threads)},
         ),
         ModelSpec(
             "translator",
@@ -117,6 +117,7 @@ def model_specs(
             batching=batching,
             parameters={
                 **generator_params,
+                "intra_op_threads": str(options.intra_op_threads),
                 "src_lang": options.src_lang,
                 "max_source_tokens": str(options.max_source_tokens),
             },

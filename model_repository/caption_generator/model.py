@@ -12,7 +12,14 @@ import triton_python_backend_utils as pb_utils
 from captioning.options import stage_options
 from captioning.stages import CaptionStage, load_settings
 from captioning.tokenization import TextCodec
-from captioning.triton_utils import model_dir, model_parameters, run_rows, step_decoder, string_tensor
+from captioning.triton_utils import (
+    model_dir,
+    model_parameters,
+    run_rows,
+    step_decoder,
+    string_tensor,
+    thread_count,
+)
 
 
 class TritonPythonModel:
@@ -22,7 +29,7 @@ class TritonPythonModel:
         graphs = json.loads((directory / "graphs.json").read_text())
         kind = params.get("decoder_runner", "inprocess")
         self.stage = CaptionStage(
-            decoder=step_decoder(kind, graphs, Path(args["model_repository"]).parent),
+            decoder=step_decoder(kind, graphs, Path(args["model_repository"]).parent, thread_count(params)),
             settings=load_settings(directory / "generation.json"),
             codec=TextCodec.load(directory / "tokenizer"),
         )

@@ -11,14 +11,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from captioning.graphs import OrtRunner
-from captioning.triton_utils import error_response, model_dir, model_parameters
+from captioning.triton_utils import error_response, model_dir, model_parameters, thread_count
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
-        threads = int(params.get("intra_op_threads", "0")) or None
-        self.runner = OrtRunner(model_dir(args) / "model.onnx", intra_op_threads=threads)
+        self.runner = OrtRunner(model_dir(args) / "model.onnx", intra_op_threads=thread_count(params))
         self.batched = json.loads(args["model_config"]).get("max_batch_size", 0) > 0
 
     def execute(self, requests):

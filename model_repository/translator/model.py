@@ -18,6 +18,7 @@ from captioning.triton_utils import (
     step_decoder,
     string_rows,
     string_tensor,
+    thread_count,
 )
 
 
@@ -29,8 +30,8 @@ class TritonPythonModel:
         kind = params.get("decoder_runner", "inprocess")
         graphs = json.loads((directory / "graphs.json").read_text())
         self.stage = TranslationStage(
-            encoder=graph_runner(kind, graphs["encoder"], repository),
-            decoder=step_decoder(kind, graphs, repository),
+            encoder=graph_runner(kind, graphs["encoder"], repository, thread_count(params)),
+            decoder=step_decoder(kind, graphs, repository, thread_count(params)),
             settings=load_settings(directory / "generation.json"),
             codec=TextCodec.load(
                 directory / "tokenizer",

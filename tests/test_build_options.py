@@ -35,7 +35,9 @@ def test_exported_repository_carries_the_stage_defaults(fixture_checkpoints, tmp
         caption=StageDefaults(num_beams=3, max_new_tokens=20, min_new_tokens=20),
         translation=StageDefaults(num_beams=5, max_new_tokens=24, min_new_tokens=24),
     )
-    repository = build_repository(fixture_checkpoints.blip, fixture_checkpoints.mbart, tmp_path / "repo", options)
+    repository = build_repository(
+        fixture_checkpoints.blip, fixture_checkpoints.mbart, tmp_path / "repo", options
+    )
     caption = json.loads((repository / "caption_generator" / "1" / "generation.json").read_text())
     translation = json.loads((repository / "translator" / "1" / "generation.json").read_text())
     assert (caption["num_beams"], caption["min_length"], caption["max_length"]) == (3, 21, 21)

@@ -116,13 +116,10 @@ def build_repository(
     """Export, validate and lay out everything; the repository appears only once all of it succeeded."""
     from transformers import (
         AutoTokenizer,
-        BlipForConditionalGeneration,
         BlipProcessor,
-        MBartForConditionalGeneration,
     )
 
-    from captioning.export.errors import UnsupportedCheckpointError
-    from captioning.export.graphs import ExportOptions, export_graphs
+    from captioning.export.graphs import ExportOptions, export_models, load_captioner, load_translator
     from captioning.tokenization import spm_protobuf_compat
 
     options.validate_options()
@@ -132,22 +129,20 @@ def build_repository(
         prefix="captioning-export-", dir=output.parent if output.parent.exists() else None
     ) as tmp:
         work = Path(tmp)
-        graphs = export_graphs(
-            captioner,
-            translator,
+        # Loaded once: the same models give the graphs and the generation settings.
+        blip = load_captioner(captioner)
+        mbart = load_translator(translator)
+        graphs = export_models(
+            blip,
+            mbart,
             work / "graphs",
             ExportOptions(validate=options.validate, progress=options.progress),
-        )
+        ).paths
         if options.precision == "int8":
             from captioning.export.quantize import quantize_graphs
 
             graphs = quantize_graphs(graphs, work / "int8")
         LOG.info("reading generation settings and tokenizers")
-        try:
-            blip = BlipForConditionalGeneration.from_pretrained(str(captioner))
-            mbart = MBartForConditionalGeneration.from_pretrained(str(translator))
-        except (OSError, ValueError) as exc:
-            raise UnsupportedCheckpointError(str(exc)) from exc
         processor = BlipProcessor.from_pretrained(str(captioner))
         processor.save_pretrained(work / "processor")
         with spm_protobuf_compat():

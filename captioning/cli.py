@@ -1,4 +1,4 @@
-"""`captioning` command line: export, serve, demo, make-fixtures. Heavy imports happen inside each command."""
+"""`captioning` command line: export, trim-vocab, serve, demo, make-fixtures. Heavy imports happen inside each command."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def _export(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         validate=not args.no_validate,
         precision=args.precision,
+        translator_vocab=Path(args.translator_vocab) if args.translator_vocab else None,
         progress=not args.no_progress,
         repository=RepositoryOptions(
             max_batch_size=args.max_batch_size,
@@ -34,6 +35,22 @@ def _export(args: argparse.Namespace) -> int:
     )
     path = build_repository(args.captioner, args.translator, Path(args.output), options)
     print(f"model repository written to {path}")
+    return 0
+
+
+def _trim_vocab(args: argparse.Namespace) -> int:
+    from captioning.export.vocab_trim import TrimCorpus, derive_vocab
+
+    corpus = TrimCorpus(
+        arabic_captions=tuple(Path(p) for p in args.arabic_captions),
+        pairs=tuple(Path(p) for p in args.pairs),
+        text=tuple(Path(p) for p in args.text),
+    )
+    vocab = derive_vocab(args.translator, corpus, args.target_lang, pad_to=args.pad_to)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    vocab.save(output)
+    print(f"kept {len(vocab)} of {vocab.full_size} target ids: {output}")
     return 0
 
 
@@ -127,9 +144,41 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["fp32", "int8"],
         help="fp32: token-exact with generate(); int8: opt-in dynamic quantisation, faster, not exact",
     )
+    export.add_argument(
+        "--translator-vocab",
+        help="opt-in: a `captioning trim-vocab` file; the translator's decoder keeps only those target "
+        "tokens (faster, not token-exact)",
+    )
     export.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     export.add_argument("--no-progress", action="store_true")
     export.set_defaults(func=_export)
+
+    trim = sub.add_parser(
+        "trim-vocab",
+        help="list the target tokens a corpus uses, for `captioning export --translator-vocab`",
+    )
+    trim.add_argument(
+        "--translator", required=True, help="MBartForConditionalGeneration: hub id or local dir"
+    )
+    trim.add_argument("--output", required=True, help="JSON file to write")
+    trim.add_argument("--target-lang", default="ar_AR")
+    trim.add_argument(
+        "--arabic-captions", action="append", default=[], help="Arabic Flickr8k file (image#n<TAB>caption)"
+    )
+    trim.add_argument(
+        "--pairs",
+        action="append",
+        default=[],
+        help="source<TAB>target file (Tatoeba); the target side is used",
+    )
+    trim.add_argument("--text", action="append", default=[], help="one target-language sentence per line")
+    trim.add_argument(
+        "--pad-to",
+        type=int,
+        default=0,
+        help="fill up to this many ids with the lowest unused ones (benchmarks: model a real tokenizer's size)",
+    )
+    trim.set_defaults(func=_trim_vocab)
 
     serve = sub.add_parser("serve", help="run tritonserver on a model repository in the foreground")
     serve.add_argument("--repository", help="a repository written by `captioning export`")

@@ -20,6 +20,7 @@ from captioning.generation import Decoder, GenerationSettings, generate
 from captioning.graphs import GraphRunner
 from captioning.options import StageOptions
 from captioning.tokenization import TextCodec
+from captioning.vocab import VocabMap
 
 LOG = logging.getLogger(__name__)
 
@@ -79,12 +80,21 @@ class CaptionStage:
 
 @dataclasses.dataclass
 class TranslationStage:
-    """English text -> target-language text (mBART-50: `en_XX` -> forced `ar_AR`)."""
+    """English text -> target-language text (mBART-50: `en_XX` -> forced `ar_AR`).
+
+    With a trimmed vocabulary the decoder scores kept positions, not tokenizer ids: `settings` (given in
+    tokenizer ids, as generation.json stores them) are moved into that space and outputs moved back.
+    """
 
     encoder: GraphRunner
     decoder: Decoder
     settings: GenerationSettings
     codec: TextCodec
+    vocab: VocabMap | None = None
+
+    def __post_init__(self) -> None:
+        if self.vocab is not None:
+            self.settings = self.vocab.remap(self.settings)
 
     @property
     def max_new_tokens_limit(self) -> int:
@@ -116,7 +126,7 @@ class TranslationStage:
                 states = self.encode(ids, mask)
                 outputs = generate(self.decoder, states, mask, settings)
                 for i, seq in zip(indices, outputs, strict=True):
-                    results[i] = self.codec.decode(seq)
+                    results[i] = self.codec.decode(self.vocab.to_full(seq) if self.vocab else seq)
             except Exception as exc:
                 LOG.exception("translation failed for %d requests", len(indices))
                 for i in indices:

@@ -52,6 +52,8 @@ class BuildOptions:
     caption: StageDefaults = StageDefaults()
     translation: StageDefaults = StageDefaults()
     precision: str = "fp32"  # "int8": opt-in dynamic quantisation (export/quantize.py), not token-exact
+    # Opt-in: a `captioning trim-vocab` file; the translator decodes over those target ids only (not exact).
+    translator_vocab: Path | None = None
 
     def validate_options(self) -> None:
         if self.target != "cpu":
@@ -98,6 +100,17 @@ def translation_settings(model, tokenizer, target_lang: str, max_length: int):
     )
 
 
+def _trim_translator(mbart, path: Path, translation):
+    """Load a kept-token file, check that generation can still reach every id it needs, trim the model."""
+    from captioning.export.vocab_trim import trim_decoder_vocab
+    from captioning.vocab import VocabMap
+
+    vocab = VocabMap.load(path)
+    vocab.remap(translation)  # raises ValueError naming a start/end/language id the file lacks
+    trim_decoder_vocab(mbart, vocab)
+    return vocab
+
+
 def _versions() -> dict[str, str]:
     import onnxruntime
     import torch
@@ -132,16 +145,6 @@ def build_repository(
         # Loaded once: the same models give the graphs and the generation settings.
         blip = load_captioner(captioner)
         mbart = load_translator(translator)
-        graphs = export_models(
-            blip,
-            mbart,
-            work / "graphs",
-            ExportOptions(validate=options.validate, progress=options.progress),
-        ).paths
-        if options.precision == "int8":
-            from captioning.export.quantize import quantize_graphs
-
-            graphs = quantize_graphs(graphs, work / "int8")
         LOG.info("reading generation settings and tokenizers")
         processor = BlipProcessor.from_pretrained(str(captioner))
         processor.save_pretrained(work / "processor")
@@ -153,12 +156,32 @@ def build_repository(
             translation_settings(mbart, tokenizer, options.target_lang, options.max_length)
         )
         settings = {"caption": caption.to_dict(), "translation": translation.to_dict()}
+        assets = {
+            "processor": work / "processor",
+            "captioner_tokenizer": work / "processor",
+            "translator_tokenizer": work / "translator_tokenizer",
+        }
+        vocab = None
+        if options.translator_vocab is not None:
+            vocab = _trim_translator(mbart, options.translator_vocab, translation)
+            assets["translator_vocab"] = vocab.save(work / "vocab.json")
+        graphs = export_models(
+            blip,
+            mbart,
+            work / "graphs",
+            ExportOptions(validate=options.validate, progress=options.progress),
+        ).paths
+        if options.precision == "int8":
+            from captioning.export.quantize import quantize_graphs
+
+            graphs = quantize_graphs(graphs, work / "int8")
         image_size = processor.image_processor.size
         manifest = {
             "captioner": str(captioner),
             "translator": str(translator),
             "target": options.target,
             "precision": options.precision,
+            "translator_vocab": None if vocab is None else {"kept": len(vocab), "full_size": vocab.full_size},
             "source_lang": options.source_lang,
             "target_lang": options.target_lang,
             "generation": settings,
@@ -169,11 +192,7 @@ def build_repository(
         write_repository(
             staging,
             graphs,
-            {
-                "processor": work / "processor",
-                "captioner_tokenizer": work / "processor",
-                "translator_tokenizer": work / "translator_tokenizer",
-            },
+            assets,
             settings,
             (int(image_size["height"]), int(image_size["width"])),
             manifest,

@@ -29,7 +29,8 @@ def _dims(model: nn.Module) -> dict[str, int]:
         "num_layers": config.decoder_layers,
         "num_heads": config.decoder_attention_heads,
         "head_dim": config.d_model // config.decoder_attention_heads,
-        "vocab": config.vocab_size,
+        # the output layer's width: the full vocabulary, or the kept rows of a trimmed one (vocab_trim.py)
+        "vocab": model.lm_head.out_features,
         "hidden": config.d_model,
     }
 

@@ -185,7 +185,8 @@ def write_repository(
     manifest: dict,
     options: RepositoryOptions = RepositoryOptions(),
 ) -> list[Path]:
-    """Write configs, adapters, graphs and assets; `assets` holds `processor`, `captioner_tokenizer`, `translator_tokenizer`."""
+    """Write configs, adapters, graphs and assets; `assets` holds `processor`, `captioner_tokenizer`,
+    `translator_tokenizer` and optionally `translator_vocab`."""
     options.validate()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -209,6 +210,10 @@ def write_repository(
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(tokenizer, target)
         (output / model / "1" / "generation.json").write_text(json.dumps(settings[stage], indent=2) + "\n")
+    vocab = output / "translator" / "1" / "vocab.json"
+    vocab.unlink(missing_ok=True)
+    if "translator_vocab" in assets:  # opt-in trimmed decoder vocabulary (captioning/vocab.py)
+        shutil.copy2(assets["translator_vocab"], vocab)
     for model, roles in GENERATOR_GRAPHS.items():
         graphs_meta = {role: runner_meta(name, meta[name]) for role, name in roles.items()}
         _write_json(output / model / "1" / "graphs.json", graphs_meta)

@@ -20,6 +20,7 @@ from captioning.triton_utils import (
     string_tensor,
     thread_count,
 )
+from captioning.vocab import VocabMap
 
 
 class TritonPythonModel:
@@ -38,6 +39,8 @@ class TritonPythonModel:
                 src_lang=params.get("src_lang", "en_XX"),
                 max_source_tokens=int(params.get("max_source_tokens", "256")),
             ),
+            # present only in repositories exported with --translator-vocab (opt-in, not token-exact)
+            vocab=VocabMap.load(directory / "vocab.json") if (directory / "vocab.json").exists() else None,
         )
 
     def _parse(self, request):

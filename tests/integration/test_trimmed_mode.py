@@ -59,7 +59,9 @@ def test_trimmed_modes_serve_and_agree_as_documented(trimmed_server, reference, 
     translated = sum(r.arabic == reference.translate(r.english) for r in results)
     print(f"{mode}: {english}/{len(results)} English, {translated}/{len(results)} translations identical")
     floors = MIN_AGREEMENT[mode]
-    assert english / len(results) >= floors["english"], f"only {english}/{len(results)} English captions agree"
+    assert english / len(results) >= floors["english"], (
+        f"only {english}/{len(results)} English captions agree"
+    )
     assert translated / len(results) >= floors["translation"], (
         f"only {translated}/{len(results)} translations agree"
     )

@@ -27,6 +27,7 @@ def _export(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             decoder_runner=args.decoder_runner,
             intra_op_threads=args.intra_op_threads,
+            instance_counts=tuple(_instance_count(item) for item in args.instances),
         ),
         caption=StageDefaults(args.caption_beams, args.caption_max_new_tokens, args.caption_min_new_tokens),
         translation=StageDefaults(
@@ -36,6 +37,13 @@ def _export(args: argparse.Namespace) -> int:
     path = build_repository(args.captioner, args.translator, Path(args.output), options)
     print(f"model repository written to {path}")
     return 0
+
+
+def _instance_count(item: str) -> tuple[str, int]:
+    name, sep, count = item.partition("=")
+    if not sep or not count.isdigit():
+        raise ValueError(f"--instances takes MODEL=COUNT, got {item!r}")
+    return name, int(count)
 
 
 def _trim_vocab(args: argparse.Namespace) -> int:
@@ -137,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="ONNX Runtime threads per model instance (0: all cores; 1 avoids oversubscription when "
         "the pipeline's stages run at once)",
+    )
+    export.add_argument(
+        "--instances",
+        action="append",
+        default=[],
+        metavar="MODEL=COUNT",
+        help="model instances of one model (repeatable), e.g. translator=2 blip_vision=2",
     )
     export.add_argument(
         "--precision",

@@ -23,6 +23,9 @@ GRAPH_MODELS = (
 )
 
 
+# Models that run work themselves (ensembles have no instances).
+INSTANCE_MODELS = ("image_preprocess", *GRAPH_MODELS, "caption_generator", "translator")
+
 # The graphs each generator drives, by role.
 GENERATOR_GRAPHS = {
     "caption_generator": {"cross": "blip_cross_kv", "step": "blip_text_decoder"},
@@ -39,6 +42,9 @@ class RepositoryOptions:
     # Triton, for GPU nodes whose graph models run on Triton's native TensorRT/ONNX Runtime backends).
     decoder_runner: str = "inprocess"
     intra_op_threads: int = 0  # 0: ONNX Runtime decides
+    # Model instances per model name (default 1): several single-threaded instances of the slowest stages
+    # keep cores busy without the thread-pool barriers of one multi-threaded instance.
+    instance_counts: tuple[tuple[str, int], ...] = ()
     max_pixels: int = 50_000_000
     max_source_tokens: int = 256
     src_lang: str = "en_XX"
@@ -48,6 +54,16 @@ class RepositoryOptions:
             raise ValueError(f"max_batch_size must be in 1..256, got {self.max_batch_size}")
         if self.decoder_runner not in ("bls", "inprocess"):
             raise ValueError(f"decoder_runner must be 'bls' or 'inprocess', got {self.decoder_runner!r}")
+        for name, count in self.instance_counts:
+            if name not in INSTANCE_MODELS:
+                raise ValueError(
+                    f"instance count for unknown model {name!r}; models: {', '.join(INSTANCE_MODELS)}"
+                )
+            if not 1 <= count <= 16:
+                raise ValueError(f"instance count of {name} must be in 1..16, got {count}")
+
+    def instances(self, name: str) -> int:
+        return dict(self.instance_counts).get(name, 1)
 
 
 def _dynamic(names: list[str], dtype_of) -> tuple[TensorSpec, ...]:
@@ -77,6 +93,16 @@ def model_specs(
     graph_meta: dict[str, dict], image_size: tuple[int, int], options: RepositoryOptions
 ) -> list[ModelSpec]:
     """Every model of the repository; the public tensor contract is fixed here."""
+    specs = _specs(graph_meta, image_size, options)
+    return [
+        dataclasses.replace(s, instance_count=options.instances(s.name)) if s.name in INSTANCE_MODELS else s
+        for s in specs
+    ]
+
+
+def _specs(
+    graph_meta: dict[str, dict], image_size: tuple[int, int], options: RepositoryOptions
+) -> list[ModelSpec]:
     mbs = options.max_batch_size
     batching = BatchingSpec(options.max_queue_delay_us)
     image = TensorSpec("image", "STRING", (1,))

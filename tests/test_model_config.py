@@ -76,3 +76,20 @@ def test_spec_errors_name_the_problem():
         ).to_pbtxt()
     with pytest.raises(ValueError, match="decoder_runner"):
         RepositoryOptions(decoder_runner="magic").validate()
+
+
+def test_instance_counts_reach_the_configs(tmp_path):
+    options = RepositoryOptions(instance_counts=(("translator", 2), ("blip_vision", 3)))
+    options.validate()
+    for spec in model_specs(GRAPH_META, (96, 96), options):
+        spec.write(tmp_path)
+    counts = {
+        name: read_config(tmp_path / name / "config.pbtxt").instance_group[0].count
+        for name in ("translator", "blip_vision", "caption_generator")
+    }
+    assert counts == {"translator": 2, "blip_vision": 3, "caption_generator": 1}
+    assert not read_config(tmp_path / "arabic_caption" / "config.pbtxt").instance_group
+    with pytest.raises(ValueError, match="unknown model 'arabic_caption'"):
+        RepositoryOptions(instance_counts=(("arabic_caption", 2),)).validate()
+    with pytest.raises(ValueError, match="1..16"):
+        RepositoryOptions(instance_counts=(("translator", 0),)).validate()

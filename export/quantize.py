@@ -8,6 +8,7 @@ instructions of these CPUs run several times faster than fp32. Outputs are no lo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -26,17 +27,31 @@ def quantize_graphs(graphs: dict[str, Path], output_dir: Path) -> dict[str, Path
     for name, path in tqdm(graphs.items(), desc="int8", leave=False):
         target = output_dir / path.name
         large = path.with_name(f"{path.name}.data").exists()
-        quantize_dynamic(
-            _untied(path),
-            target,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=large,
-        )
+        with _quiet_root_logger():
+            quantize_dynamic(
+                _untied(path),
+                target,
+                op_types_to_quantize=["MatMul", "Gemm"],
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                use_external_data_format=large,
+            )
         LOG.info("quantised %s to int8 (%.0f MB -> %.0f MB)", name, _size(path) / 1e6, _size(target) / 1e6)
         out[name] = target
     return out
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """The quantiser logs hundreds of INFO lines (one per activation) and a pre-processing hint on the root
+    logger; they say nothing about this export, so only errors pass while it runs."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _untied(path: Path):

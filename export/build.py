@@ -174,7 +174,7 @@ def build_repository(
         if options.precision == "int8":
             from captioning.export.quantize import quantize_graphs
 
-            graphs = quantize_graphs(graphs, work / "int8")
+            graphs = quantize_graphs(graphs, work / "int8", progress=options.progress)
         image_size = processor.image_processor.size
         manifest = {
             "captioner": str(captioner),

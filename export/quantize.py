@@ -17,14 +17,14 @@ LOG = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "int8")
 
 
-def quantize_graphs(graphs: dict[str, Path], output_dir: Path) -> dict[str, Path]:
+def quantize_graphs(graphs: dict[str, Path], output_dir: Path, progress: bool = True) -> dict[str, Path]:
     """int8 copies of `graphs` in `output_dir`, same names."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from tqdm.auto import tqdm
 
     output_dir.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name, path in tqdm(graphs.items(), desc="int8", leave=False):
+    for name, path in tqdm(graphs.items(), desc="int8", leave=False, disable=not progress):
         target = output_dir / path.name
         large = path.with_name(f"{path.name}.data").exists()
         with _quiet_root_logger():

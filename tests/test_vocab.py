@@ -93,3 +93,26 @@ def test_trimmed_model_scores_the_kept_columns_of_the_full_model(mbart):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     # the encoder keeps the full shared embedding
     assert trimmed.get_encoder().embed_tokens.weight.shape[0] == len(tokenizer)
+
+
+def test_trim_vocab_command_writes_a_file_export_accepts(fixture_checkpoints, tmp_path, capsys):
+    from captioning.cli import main
+
+    corpus = tmp_path / "arabic.txt"
+    corpus.write_text("رجل يركب دراجة\nكلب أسود يجري في العشب\n", encoding="utf-8")
+    output = tmp_path / "kept.json"
+    code = main(
+        [
+            "trim-vocab",
+            "--translator",
+            str(fixture_checkpoints.mbart),
+            "--text",
+            str(corpus),
+            "--output",
+            str(output),
+        ]
+    )
+    assert code == 0 and "target ids" in capsys.readouterr().out
+    vocab = VocabMap.load(output)
+    assert 5 < len(vocab) < 200 < vocab.full_size
+    assert main(["trim-vocab", "--translator", str(fixture_checkpoints.mbart), "--output", str(output)]) == 1

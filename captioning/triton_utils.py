@@ -147,7 +147,9 @@ def graph_runner(kind: str, meta: dict, repository: Path, threads: int | None = 
     if kind == "inprocess":
         from captioning.graphs import OrtRunner
 
-        return OrtRunner(repository / meta["model"] / "1" / "model.onnx", intra_op_threads=threads)
+        # Repositories written before graphs moved into the generators' directories name only the model.
+        file = meta.get("file", f"{meta['model']}/1/model.onnx")
+        return OrtRunner(repository / file, intra_op_threads=threads)
     raise ValueError(f"unknown decoder_runner {kind!r}; expected 'bls' or 'inprocess'")
 
 

@@ -23,8 +23,10 @@ GRAPH_MODELS = (
 )
 
 
-# Models that run work themselves (ensembles have no instances).
-INSTANCE_MODELS = ("image_preprocess", *GRAPH_MODELS, "caption_generator", "translator")
+# Graphs only the generators run. With the in-process runner they live inside the generator's version directory
+# and are not Triton models (loading them as models too would hold a second copy of every weight, ~4 GB at full
+# size); with BLS they are Triton models that the generators call.
+GENERATOR_ONLY_GRAPHS = GRAPH_MODELS[1:]
 
 # The graphs each generator drives, by role.
 GENERATOR_GRAPHS = {
@@ -55,15 +57,24 @@ class RepositoryOptions:
         if self.decoder_runner not in ("bls", "inprocess"):
             raise ValueError(f"decoder_runner must be 'bls' or 'inprocess', got {self.decoder_runner!r}")
         for name, count in self.instance_counts:
-            if name not in INSTANCE_MODELS:
+            if name not in self.instance_models():
                 raise ValueError(
-                    f"instance count for unknown model {name!r}; models: {', '.join(INSTANCE_MODELS)}"
+                    f"instance count for unknown model {name!r}; models with --decoder-runner "
+                    f"{self.decoder_runner}: {', '.join(self.instance_models())}"
                 )
             if not 1 <= count <= 16:
                 raise ValueError(f"instance count of {name} must be in 1..16, got {count}")
 
     def instances(self, name: str) -> int:
         return dict(self.instance_counts).get(name, 1)
+
+    def graph_models(self) -> tuple[str, ...]:
+        """The graphs that are Triton models of their own."""
+        return GRAPH_MODELS if self.decoder_runner == "bls" else GRAPH_MODELS[:1]
+
+    def instance_models(self) -> tuple[str, ...]:
+        """Models that run work themselves (ensembles have no instances)."""
+        return ("image_preprocess", *self.graph_models(), "caption_generator", "translator")
 
 
 def _dynamic(names: list[str], dtype_of) -> tuple[TensorSpec, ...]:
@@ -95,7 +106,9 @@ def model_specs(
     """Every model of the repository; the public tensor contract is fixed here."""
     specs = _specs(graph_meta, image_size, options)
     return [
-        dataclasses.replace(s, instance_count=options.instances(s.name)) if s.name in INSTANCE_MODELS else s
+        dataclasses.replace(s, instance_count=options.instances(s.name))
+        if s.name in options.instance_models()
+        else s
         for s in specs
     ]
 
@@ -126,7 +139,7 @@ def _specs(
             parameters={"max_pixels": str(options.max_pixels)},
         ),
         _graph_spec("blip_vision", graph_meta["blip_vision"], options, batched=True),
-        *(_graph_spec(name, graph_meta[name], options, batched=False) for name in GRAPH_MODELS[1:]),
+        *(_graph_spec(name, graph_meta[name], options, batched=False) for name in options.graph_models()[1:]),
         ModelSpec(
             "caption_generator",
             (image_embeds,),
@@ -197,9 +210,14 @@ def graph_metadata(path: Path) -> dict:
     return meta
 
 
-def runner_meta(model: str, meta: dict) -> dict:
-    """What a generator needs to reach a graph model: its name and tensor names."""
-    return {"model": model, "input_names": meta["input_names"], "output_names": meta["output_names"]}
+def runner_meta(model: str, meta: dict, file: Path) -> dict:
+    """What a generator needs to reach a graph: its model name (BLS), its file (in-process), its tensor names."""
+    return {
+        "model": model,
+        "file": file.as_posix(),
+        "input_names": meta["input_names"],
+        "output_names": meta["output_names"],
+    }
 
 
 def write_repository(
@@ -225,8 +243,14 @@ def write_repository(
         if spec.backend == "python":
             source = SOURCE_DIR / ("onnx_graph" if spec.name in GRAPH_MODELS else spec.name) / "model.py"
             shutil.copy2(source, version / "model.py")
+    files = {}  # graph -> its file, relative to the repository root
     for name in GRAPH_MODELS:
-        _copy_graph(graphs[name], output / name / "1" / "model.onnx")
+        if name in options.graph_models():
+            files[name] = Path(name) / "1" / "model.onnx"
+        else:
+            owner = next(model for model, roles in GENERATOR_GRAPHS.items() if name in roles.values())
+            files[name] = Path(owner) / "1" / f"{name}.onnx"
+        _copy_graph(graphs[name], output / files[name])
     shutil.copy2(assets["processor"] / "preprocessor_config.json", output / "image_preprocess" / "1")
     for model, tokenizer, stage in (
         ("caption_generator", assets["captioner_tokenizer"], "caption"),
@@ -241,7 +265,7 @@ def write_repository(
     if "translator_vocab" in assets:  # opt-in trimmed decoder vocabulary (captioning/vocab.py)
         shutil.copy2(assets["translator_vocab"], vocab)
     for model, roles in GENERATOR_GRAPHS.items():
-        graphs_meta = {role: runner_meta(name, meta[name]) for role, name in roles.items()}
+        graphs_meta = {role: runner_meta(name, meta[name], files[name]) for role, name in roles.items()}
         _write_json(output / model / "1" / "graphs.json", graphs_meta)
     _write_json(output / "manifest.json", manifest)
     LOG.info("wrote model repository %s (%d models)", output, len(written))

@@ -93,3 +93,14 @@ def test_instance_counts_reach_the_configs(tmp_path):
         RepositoryOptions(instance_counts=(("arabic_caption", 2),)).validate()
     with pytest.raises(ValueError, match="1..16"):
         RepositoryOptions(instance_counts=(("translator", 0),)).validate()
+
+
+def test_generator_only_graphs_are_models_only_with_bls():
+    inprocess = {spec.name for spec in model_specs(GRAPH_META, (96, 96), RepositoryOptions())}
+    bls = {spec.name for spec in model_specs(GRAPH_META, (96, 96), RepositoryOptions(decoder_runner="bls"))}
+    only_bls = {"blip_cross_kv", "blip_text_decoder", "mbart_encoder", "mbart_cross_kv", "mbart_decoder"}
+    assert bls - inprocess == only_bls
+    assert "blip_vision" in inprocess  # the ensembles call it
+    with pytest.raises(ValueError, match="unknown model 'mbart_decoder'"):
+        RepositoryOptions(instance_counts=(("mbart_decoder", 2),)).validate()
+    RepositoryOptions(decoder_runner="bls", instance_counts=(("mbart_decoder", 2),)).validate()

@@ -249,3 +249,27 @@ def test_bls_runner_gives_the_same_captions(bls_server, reference, image_bytes):
     assert batch_stats(bls_server.grpc_url, "blip_text_decoder"), (
         "the decoder model was never called over BLS"
     )
+
+
+def _served_models(grpc_url: str) -> set[str]:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(grpc_url) as client:
+        index = client.get_model_repository_index(as_json=True)["models"]
+    return {m["name"] for m in index if m.get("state") == "READY"}
+
+
+GENERATOR_ONLY = {"blip_cross_kv", "blip_text_decoder", "mbart_encoder", "mbart_cross_kv", "mbart_decoder"}
+
+
+def test_inprocess_repository_does_not_load_generator_graphs_twice(server, repository):
+    served = _served_models(server.grpc_url)
+    assert {"arabic_caption", "english_caption", "translator", "blip_vision"} <= served
+    assert not served & GENERATOR_ONLY, (
+        "graphs the generators run themselves should not also be Triton models"
+    )
+    assert (repository / "translator" / "1" / "mbart_decoder.onnx").is_file()
+
+
+def test_bls_repository_serves_every_graph(bls_server):
+    assert _served_models(bls_server.grpc_url) >= GENERATOR_ONLY

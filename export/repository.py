@@ -23,11 +23,6 @@ GRAPH_MODELS = (
 )
 
 
-# Graphs only the generators run. With the in-process runner they live inside the generator's version directory
-# and are not Triton models (loading them as models too would hold a second copy of every weight, ~4 GB at full
-# size); with BLS they are Triton models that the generators call.
-GENERATOR_ONLY_GRAPHS = GRAPH_MODELS[1:]
-
 # The graphs each generator drives, by role.
 GENERATOR_GRAPHS = {
     "caption_generator": {"cross": "blip_cross_kv", "step": "blip_text_decoder"},
@@ -69,7 +64,9 @@ class RepositoryOptions:
         return dict(self.instance_counts).get(name, 1)
 
     def graph_models(self) -> tuple[str, ...]:
-        """The graphs that are Triton models of their own."""
+        """The graphs that are Triton models of their own. With the in-process runner the decoder-side graphs
+        live in their generator's version directory instead: loading them as models too would hold a second copy
+        of every weight (~4 GB at full size)."""
         return GRAPH_MODELS if self.decoder_runner == "bls" else GRAPH_MODELS[:1]
 
     def instance_models(self) -> tuple[str, ...]:

@@ -83,10 +83,8 @@ def test_trimmed_model_scores_the_kept_columns_of_the_full_model(mbart):
     trim_decoder_vocab(trimmed, vocab)
     source = tokenizer(["a dog runs on the grass"], return_tensors="pt")
     kept = torch.tensor(vocab.kept_ids)
-    decoder_ids = kept[
-        torch.tensor([[2, 10, 40, 7]])
-    ]  # tokenizer ids that the trimmed model reads as positions
-    positions = torch.tensor([[vocab.position(int(t), "test") for t in decoder_ids[0]]])
+    positions = torch.tensor([[2, 10, 40, 7]])  # what the trimmed model reads
+    decoder_ids = kept[positions]  # the same tokens as tokenizer ids, for the full model
     with torch.no_grad():
         want = full(**source, decoder_input_ids=decoder_ids).logits[..., kept]
         got = trimmed(**source, decoder_input_ids=positions).logits

@@ -118,8 +118,9 @@ class BlipTextStep(nn.Module):
             context = grouped_cross_attention(q, ck, cv, None, self.head_dim, multiply=False)
             hidden = layer.crossattention.output(_merge(context), hidden)
             hidden = layer.output(layer.intermediate(hidden), hidden)
-        last = self.head.transform(hidden[:, -1:, :])
-        logits = linear_2d(last, self.head.decoder.weight, self.head.decoder.bias)[:, 0, :]
+        # 2-D from here on: indexing the [N, 1, V] logits afterwards copies them (25 MB a step for mBART).
+        last = self.head.transform(hidden[:, -1, :])
+        logits = linear_2d(last, self.head.decoder.weight, self.head.decoder.bias)
         return (logits, *present)
 
 
@@ -185,6 +186,6 @@ class MBartStep(nn.Module):
             residual = hidden
             x = layer.final_layer_norm(hidden)
             hidden = residual + layer.fc2(layer.activation_fn(layer.fc1(x)))
-        last = decoder.layer_norm(hidden[:, -1:, :])
-        logits = linear_2d(last, self.lm_head.weight, self.final_logits_bias.reshape(-1))[:, 0, :]
+        last = decoder.layer_norm(hidden[:, -1, :])
+        logits = linear_2d(last, self.lm_head.weight, self.final_logits_bias.reshape(-1))
         return (logits, *present)

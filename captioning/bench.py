@@ -36,6 +36,7 @@ class BenchOptions:
     component_concurrency: int | None = None  # english_caption and translator; None: the largest above
     requests: int = 16  # per perf_analyzer window (at least 2x the concurrency)
     repeats: int = 3
+    steady: bool = True  # steady-state windows under continuous load; False: one burst per window
     repositories: tuple[tuple[str, Path], ...] = ()  # (label, dir); none: build one from the checkpoints
     output_dir: Path = Path("build/bench")
     baseline: bool = True
@@ -100,41 +101,12 @@ def resolve_checkpoints(options: BenchOptions) -> tuple[Path, Path]:
     return paths.blip, paths.mbart
 
 
-# ------------------------------------------------------------------------------------------ server side
-
-
-def model_statistics(http_url: str) -> dict[str, dict[str, int]]:
-    """Cumulative counters per model from Triton's statistics API."""
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(http_url)
-    try:
-        raw = client.get_inference_statistics()
-    finally:
-        client.close()
-    stats = {}
-    for model in raw.get("model_stats", []):
-        infer = model.get("inference_stats", {})
-
-        def part(key: str, field: str, infer=infer) -> int:
-            return int(infer.get(key, {}).get(field, 0))
-
-        stats[model["name"]] = {
-            "inferences": int(model.get("inference_count", 0)),
-            "executions": int(model.get("execution_count", 0)),
-            "requests": part("success", "count"),
-            "queue_ns": part("queue", "ns"),
-            "compute_ns": sum(part(k, "ns") for k in ("compute_input", "compute_infer", "compute_output")),
-        }
-    return stats
-
-
 # ------------------------------------------------------------------------------------------ triton runs
 
 
 def measure(server, model: str, data: Path, concurrency: int, options: BenchOptions, workdir: Path) -> dict:
     """`repeats` perf_analyzer windows of one model at one concurrency, with the server stats around each."""
-    from captioning.bench_report import add_counters, breakdown, stats_delta, summary
+    from captioning.bench_report import add_counters, breakdown, model_statistics, stats_delta, summary
     from captioning.perf_analyzer import PerfRun, run_perf_analyzer
 
     run = PerfRun(
@@ -144,6 +116,7 @@ def measure(server, model: str, data: Path, concurrency: int, options: BenchOpti
         concurrency=concurrency,
         requests=options.requests_for(concurrency),
         timeout_s=options.timeout_s,
+        steady=options.steady,
     )
     windows, totals = [], {}
     for _ in range(options.repeats):
@@ -183,7 +156,9 @@ def run_repository(label: str, repository: Path, inputs: dict[str, Path], option
         LOG.info("%s: warming up %s", label, PIPELINE)
         # At the highest concurrency, so batch shapes the windows will see are allocated before them.
         top = max(options.concurrency)
-        warm = PerfRun(PIPELINE, server.grpc_url, inputs["image"], top, top, timeout_s=options.timeout_s)
+        warm = PerfRun(
+            PIPELINE, server.grpc_url, inputs["image"], top, top, timeout_s=options.timeout_s, steady=False
+        )
         run_perf_analyzer(warm, workdir)
         plan = [(PIPELINE, "image", c) for c in options.concurrency]
         plan += [(model, kind, options.side_concurrency) for model, kind in COMPONENTS]
@@ -249,6 +224,7 @@ def run_bench(options: BenchOptions) -> dict:
         "checkpoints": {"captioner": str(captioner), "translator": str(translator)},
         "images": [name for name, _ in images],
         "repeats": options.repeats,
+        "windows": "steady" if options.steady else "burst",
         "baseline": run_baseline(options, captioner, translator, images) if options.baseline else None,
         "runs": [],
     }
@@ -290,6 +266,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         component_concurrency=args.component_concurrency,
         requests=args.requests,
         repeats=args.repeats,
+        steady=not args.burst,
         repositories=tuple(args.repository),
         output_dir=args.output_dir,
         baseline=not args.no_baseline,
@@ -375,6 +352,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=defaults.repeats,
         help="windows per point (baseline: passes over the images)",
+    )
+    load.add_argument(
+        "--burst",
+        action="store_true",
+        help="measure one burst of --requests per window instead of steady state (fill and drain included)",
     )
     load.add_argument(
         "--timeout", type=float, default=defaults.timeout_s, help="seconds per perf_analyzer run"

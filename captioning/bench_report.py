@@ -1,5 +1,5 @@
-"""Numbers and outputs of `captioning bench`: summaries with spread, server-side breakdowns, the table,
-results.json and the throughput-vs-latency plot."""
+"""Numbers and outputs of `captioning bench`: summaries with spread, Triton's statistics and their per-model
+breakdown, the table, results.json and the throughput-vs-latency plot."""
 
 from __future__ import annotations
 
@@ -32,6 +32,32 @@ def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(len(ordered) * pct / 100))
     return ordered[rank - 1]
+
+
+def model_statistics(http_url: str) -> dict[str, dict[str, int]]:
+    """Cumulative counters per model from Triton's statistics API."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(http_url)
+    try:
+        raw = client.get_inference_statistics()
+    finally:
+        client.close()
+    stats = {}
+    for model in raw.get("model_stats", []):
+        infer = model.get("inference_stats", {})
+
+        def part(key: str, field: str, infer=infer) -> int:
+            return int(infer.get(key, {}).get(field, 0))
+
+        stats[model["name"]] = {
+            "inferences": int(model.get("inference_count", 0)),
+            "executions": int(model.get("execution_count", 0)),
+            "requests": part("success", "count"),
+            "queue_ns": part("queue", "ns"),
+            "compute_ns": sum(part(k, "ns") for k in ("compute_input", "compute_infer", "compute_output")),
+        }
+    return stats
 
 
 def stats_delta(before: dict, after: dict) -> dict[str, dict[str, int]]:
@@ -137,7 +163,8 @@ def format_table(results: dict) -> str:
     lines = [
         f"caption: {s['caption_beams']} beams, {s['caption_new_tokens']} new tokens | "
         f"translation: {s['translation_beams']} beams, {s['translation_new_tokens']} new tokens | "
-        f"{len(results['images'])} images, {results['repeats']} repeats | {m['cores']} cores, {m['cpu']}",
+        f"{len(results['images'])} images, {results['repeats']} repeats of "
+        f"{results.get('windows', 'burst')} windows | {m['cores']} cores, {m['cpu']}",
         "images/s (texts/s for translator): median [min-max] over repeats; latencies in seconds, medians; "
         "ratios against the baseline's images/s and p50",
         "",

@@ -2,8 +2,10 @@
 
 `scripts/install-perf-analyzer.sh` puts the binary (from the tritonclient 2.48.0 wheel, the last one that
 runs on glibc 2.36) and the `libcudart.so.12` it links under `.venv/opt/perf_analyzer/`; `$PERF_ANALYZER`
-points elsewhere. Each run measures one model at one concurrency over a fixed number of requests
-(count windows), so a run ends after a known amount of work instead of waiting for stability.
+points elsewhere. Each run measures one model at one concurrency in count windows (at least N requests
+each). By default it is perf_analyzer's steady-state method: windows follow each other under continuous
+load until three agree, so the pipeline's fill and drain stay out of the figures. `steady=False` measures
+one burst of N requests instead: a known amount of work, but fill and drain count against throughput.
 """
 
 from __future__ import annotations
@@ -124,11 +126,15 @@ class PerfRun:
     requests: int = 16
     percentile: int = 95
     timeout_s: float = 900.0
+    steady: bool = True  # False: one burst of `requests` (a single window, no stability loop)
+    # Three consecutive windows whose throughput and latency lie within this many percent (max / min) make a
+    # measurement. perf_analyzer's 10% rarely holds on a noisy 2-core machine with windows of ~30 requests.
+    stability_percent: int = 50
+    max_trials: int = 8  # windows before perf_analyzer gives up (and this run fails with its message)
 
     def command(self, binary: Path, csv_path: Path) -> list[str]:
-        # --request-count makes a single count window of exactly that many requests (no stability loop).
         requests = max(self.requests, self.concurrency)
-        return [
+        args = [
             str(binary),
             "-m",
             self.model,
@@ -144,13 +150,20 @@ class PerfRun:
             "count_windows",
             "--measurement-request-count",
             str(requests),
-            "--request-count",
-            str(requests),
             "--percentile",
             str(self.percentile),
             "-f",
             str(csv_path),
         ]
+        if self.steady:
+            return [
+                *args,
+                "--stability-percentage",
+                str(self.stability_percent),
+                "--max-trials",
+                str(self.max_trials),
+            ]
+        return [*args, "--request-count", str(requests)]
 
 
 @dataclasses.dataclass(frozen=True)

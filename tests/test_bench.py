@@ -82,7 +82,20 @@ def test_perf_run_command_is_bounded(tmp_path) -> None:
     args = run.command(Path("perf_analyzer"), tmp_path / "out.csv")
     assert args[args.index("--concurrency-range") + 1] == "16:16"
     assert args[args.index("--measurement-mode") + 1] == "count_windows"
-    assert args[args.index("--request-count") + 1] == "16"  # never fewer requests than concurrency
+    assert args[args.index("--measurement-request-count") + 1] == "16"  # never fewer than concurrency
+    # steady state: stability windows under continuous load, with a bounded number of them
+    assert "--request-count" not in args
+    assert args[args.index("--max-trials") + 1] == "8"
+    assert args[args.index("--stability-percentage") + 1] == "50"
+
+
+def test_perf_run_burst_is_one_window(tmp_path) -> None:
+    run = pa.PerfRun(
+        "translator", "localhost:1", tmp_path / "in.json", concurrency=4, requests=6, steady=False
+    )
+    args = run.command(Path("perf_analyzer"), tmp_path / "out.csv")
+    assert args[args.index("--request-count") + 1] == "6"
+    assert "--max-trials" not in args
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

@@ -104,10 +104,26 @@ def resolve_checkpoints(options: BenchOptions) -> tuple[Path, Path]:
 # ------------------------------------------------------------------------------------------ triton runs
 
 
+def _one_measurement(run, workdir: Path) -> dict:
+    """A steady-state measurement that never settles falls back to one burst (recorded), so a long bench
+    run is not lost to one noisy row."""
+    import dataclasses as dc
+
+    from captioning.perf_analyzer import PerfAnalyzerError, run_perf_analyzer
+
+    try:
+        return {**run_perf_analyzer(run, workdir).to_dict(), "window": "steady" if run.steady else "burst"}
+    except PerfAnalyzerError as exc:
+        if not (run.steady and "stable measurement" in str(exc)):
+            raise
+        LOG.warning("%s c=%d did not reach a steady state; measuring one burst", run.model, run.concurrency)
+        return {**run_perf_analyzer(dc.replace(run, steady=False), workdir).to_dict(), "window": "burst"}
+
+
 def measure(server, model: str, data: Path, concurrency: int, options: BenchOptions, workdir: Path) -> dict:
     """`repeats` perf_analyzer windows of one model at one concurrency, with the server stats around each."""
     from captioning.bench_report import add_counters, breakdown, model_statistics, stats_delta, summary
-    from captioning.perf_analyzer import PerfRun, run_perf_analyzer
+    from captioning.perf_analyzer import PerfRun
 
     run = PerfRun(
         model=model,
@@ -121,7 +137,7 @@ def measure(server, model: str, data: Path, concurrency: int, options: BenchOpti
     windows, totals = [], {}
     for _ in range(options.repeats):
         before = model_statistics(server.http_url)
-        windows.append(run_perf_analyzer(run, workdir).to_dict())
+        windows.append(_one_measurement(run, workdir))
         add_counters(totals, stats_delta(before, model_statistics(server.http_url)))
     result = {"model": model, "concurrency": concurrency, "requests": run.requests, "windows": windows}
     for key in ("throughput", "p50_ms", "p95_ms", "p99_ms", "avg_ms"):

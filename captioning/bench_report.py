@@ -194,6 +194,16 @@ def format_table(results: dict) -> str:
             for name, b in run["server"].items()
         ]
         lines.append(f"  {run['label']} {run['model']} c={run['concurrency']}: " + "; ".join(parts))
+    fallbacks = [
+        f"{r['label']} {r['model']} c={r['concurrency']}"
+        for r in results["runs"]
+        if results.get("windows") == "steady" and any(w.get("window") == "burst" for w in r["windows"])
+    ]
+    if fallbacks:
+        lines += [
+            "",
+            "no steady state within the window limit, measured as one burst: " + ", ".join(fallbacks),
+        ]
     return "\n".join(lines)
 
 

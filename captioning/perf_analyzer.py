@@ -130,7 +130,7 @@ class PerfRun:
     # Three consecutive windows whose throughput and latency lie within this many percent (max / min) make a
     # measurement. perf_analyzer's 10% rarely holds on a noisy 2-core machine with windows of ~30 requests.
     stability_percent: int = 50
-    max_trials: int = 8  # windows before perf_analyzer gives up (and this run fails with its message)
+    max_trials: int = 8  # windows before perf_analyzer gives up (`captioning bench` then measures a burst)
 
     def command(self, binary: Path, csv_path: Path) -> list[str]:
         requests = max(self.requests, self.concurrency)
@@ -150,20 +150,19 @@ class PerfRun:
             "count_windows",
             "--measurement-request-count",
             str(requests),
-            "--percentile",
-            str(self.percentile),
             "-f",
             str(csv_path),
         ]
         if self.steady:
-            return [
-                *args,
+            # Stability on the average latency: a p95 over ~30 requests swings too much to ever settle.
+            steady = [
                 "--stability-percentage",
                 str(self.stability_percent),
                 "--max-trials",
                 str(self.max_trials),
             ]
-        return [*args, "--request-count", str(requests)]
+            return [*args, *steady]
+        return [*args, "--percentile", str(self.percentile), "--request-count", str(requests)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -98,6 +98,49 @@ def test_perf_run_burst_is_one_window(tmp_path) -> None:
     assert "--max-trials" not in args
 
 
+def test_unsettled_steady_state_falls_back_to_one_burst(monkeypatch, tmp_path) -> None:
+    from captioning import bench, bench_report
+
+    calls = []
+
+    def fake_run(run, workdir, binary=None):
+        calls.append(run.steady)
+        if run.steady:
+            raise pa.PerfAnalyzerError("perf_analyzer failed (exit 2):\nFailed to obtain stable measurement.")
+        return pa.PerfResult(4, 1.5, 10.0, 11.0, 12.0, 13.0, 10.5, 0.1, 9.0)
+
+    monkeypatch.setattr(pa, "run_perf_analyzer", fake_run)
+    run = pa.PerfRun("translator", "localhost:1", tmp_path / "in.json", concurrency=4)
+    window = bench._one_measurement(run, tmp_path)
+    assert calls == [True, False] and window["window"] == "burst" and window["throughput"] == 1.5
+
+    def other_failure(run, workdir, binary=None):
+        raise pa.PerfAnalyzerError("perf_analyzer failed (exit 1): connection refused")
+
+    monkeypatch.setattr(pa, "run_perf_analyzer", other_failure)
+    with pytest.raises(pa.PerfAnalyzerError, match="connection refused"):  # only instability falls back
+        bench._one_measurement(run, tmp_path)
+
+    summary = bench_report.summary([1.5])
+    result = {"label": "t", "model": "translator", "concurrency": 4, "windows": [window], "server": {}}
+    result.update({k: summary for k in ("throughput", "p50_ms", "p95_ms", "p99_ms", "avg_ms")})
+    results = {
+        "settings": {
+            "caption_beams": 1,
+            "caption_new_tokens": 2,
+            "translation_beams": 1,
+            "translation_new_tokens": 2,
+        },
+        "machine": {"cores": 2, "cpu": "cpu"},
+        "images": ["a.jpg"],
+        "repeats": 1,
+        "windows": "steady",
+        "baseline": None,
+        "runs": [result],
+    }
+    assert "measured as one burst: t translator c=4" in bench_report.format_table(results)
+
+
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
@@ -221,7 +264,8 @@ def test_bench_end_to_end(fixture_checkpoints, shared_data, tmp_path, capsys) ->
     reports = sorted(csv.glob("translator-c2-*.csv"))
     assert reports, list(csv.iterdir())
     (row,) = pa.parse_csv(reports[-1].read_text())
-    window = next(r for r in results["runs"] if r["model"] == "translator")["windows"][-1]
+    window = dict(next(r for r in results["runs"] if r["model"] == "translator")["windows"][-1])
+    assert window.pop("window") in ("steady", "burst")  # burst only where no steady state was reached
     assert row.to_dict() == pytest.approx(window)
 
     with Image.open(output / "throughput.png") as plot:

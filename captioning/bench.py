@@ -13,8 +13,12 @@ import dataclasses
 import hashlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from captioning.fixtures import default_data_dir
+
+if TYPE_CHECKING:
+    from captioning.perf_analyzer import PerfRun
 
 LOG = logging.getLogger(__name__)
 
@@ -104,11 +108,9 @@ def resolve_checkpoints(options: BenchOptions) -> tuple[Path, Path]:
 # ------------------------------------------------------------------------------------------ triton runs
 
 
-def _one_measurement(run, workdir: Path) -> dict:
+def _one_measurement(run: PerfRun, workdir: Path) -> dict:
     """A steady-state measurement that never settles falls back to one burst (recorded), so a long bench
     run is not lost to one noisy row."""
-    import dataclasses as dc
-
     from captioning.perf_analyzer import PerfAnalyzerError, run_perf_analyzer
 
     try:
@@ -117,7 +119,10 @@ def _one_measurement(run, workdir: Path) -> dict:
         if not (run.steady and "stable measurement" in str(exc)):
             raise
         LOG.warning("%s c=%d did not reach a steady state; measuring one burst", run.model, run.concurrency)
-        return {**run_perf_analyzer(dc.replace(run, steady=False), workdir).to_dict(), "window": "burst"}
+        return {
+            **run_perf_analyzer(dataclasses.replace(run, steady=False), workdir).to_dict(),
+            "window": "burst",
+        }
 
 
 def measure(server, model: str, data: Path, concurrency: int, options: BenchOptions, workdir: Path) -> dict:
@@ -367,7 +372,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--repeats",
         type=int,
         default=defaults.repeats,
-        help="windows per point (baseline: passes over the images)",
+        help="measurements per point (baseline: passes over the images)",
     )
     load.add_argument(
         "--burst",

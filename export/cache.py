@@ -35,16 +35,14 @@ def causal_keep(input_ids: torch.Tensor, past_key: torch.Tensor) -> torch.Tensor
 
 
 def linear_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`x @ weight.T + bias` exported as a single Gemm(transB=1); x is [N, D] or [B, L, D].
+    """`x @ weight.T + bias` for x [N, D], exported as a single Gemm(transB=1).
 
-    A 3-D `F.linear` exports as MatMul(Transpose(W)); constant folding then stores a transposed copy of a
-    (tied) embedding matrix next to the original, which for mBART-50 is an extra 1 GB.
+    Only 2-D: a 3-D `F.linear` exports as MatMul(Transpose(W)); constant folding then stores a transposed copy
+    of a (tied) embedding matrix next to the original, which for mBART-50 is an extra 1 GB.
     """
-    if x.dim() == 2:
-        return torch.nn.functional.linear(x, weight, bias)
-    flat = x.reshape(-1, x.shape[-1])
-    out = torch.nn.functional.linear(flat, weight, bias)
-    return out.reshape(x.shape[0], x.shape[1], weight.shape[0])
+    if x.dim() != 2:
+        raise ValueError(f"linear_2d takes [N, D] inputs, got shape {tuple(x.shape)}")
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 def feeds_to_torch(feeds: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -3,7 +3,9 @@
 The port keeps HF's vectorised state layout ([batch, beams, ...] arrays, -1e9 score masks, the early-stop
 heuristic) instead of the older per-hypothesis `BeamScorer`, because the 4.57 heuristics (which hypotheses
 are admitted, when a batch item stops) are defined by that arithmetic; rewriting it differently would
-change outputs in corner cases. All rows are decoded every step, like HF does.
+change outputs in corner cases. Every beam is decoded every step, like HF does, except while all beams of
+each source still hold the same tokens: then one row per source is decoded and shared (same numbers, fewer
+rows; mBART's prompt and forced language code make that the first two of its steps).
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ def _gather_beams(tensor: np.ndarray, beam_indices: np.ndarray) -> np.ndarray:
     return np.take_along_axis(tensor, idx, axis=1)
 
 
+def _beams_identical(running_sequences: np.ndarray, cur_len: int) -> bool:
+    seq = running_sequences[:, :, :cur_len]
+    return bool((seq == seq[:, :1]).all())
+
+
 def _length_divisor(length: int, length_penalty: float) -> np.float32:
     # torch divides a float32 tensor by a Python float in float32
     return np.float32(length**length_penalty)
@@ -111,14 +118,21 @@ def beam_search(
     batch_offset = np.arange(batch, dtype=np.int64)[:, None] * nb
     cur_len = prompt_len
     while True:
-        # a. forward the running beams (whole prompt first, then only the newest token)
-        flat = running_sequences[:, :, :cur_len].reshape(batch * nb, cur_len)
-        logits = session.step(flat if first else flat[:, -1:])
+        # a. forward the running beams (whole prompt first, then only the newest token), then
+        # b. log-probs and processors. While every source's beams hold the same tokens (the prompt; a forced
+        # BOS), one row per source gives all of them: the step runs on B rows instead of B x beams.
+        if _beams_identical(running_sequences, cur_len):
+            session.reorder(batch_offset[:, 0])
+            flat = running_sequences[:, 0, :cur_len]
+            logits = session.step(flat if first else flat[:, -1:])
+            log_probs = np.repeat(process(s, flat, log_softmax(logits)), nb, axis=0)
+            session.reorder(np.repeat(np.arange(batch, dtype=np.int64), nb))
+        else:
+            flat = running_sequences[:, :, :cur_len].reshape(batch * nb, cur_len)
+            logits = session.step(flat if first else flat[:, -1:])
+            log_probs = process(s, flat, log_softmax(logits))
         first = False
         vocab = logits.shape[-1]
-
-        # b. log-probs, processors, accumulated scores
-        log_probs = process(s, flat, log_softmax(logits))
         log_probs = log_probs.reshape(batch, nb, vocab) + running_beam_scores[:, :, None]
         log_probs = log_probs.reshape(batch, nb * vocab)
 

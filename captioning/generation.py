@@ -240,11 +240,12 @@ class DecoderSession(Protocol):
     """The decoder state of one `generate()` call."""
 
     def step(self, input_ids: np.ndarray) -> np.ndarray:
-        """`input_ids` [N,T] (the prompt first, then the newest token) -> last-position logits [N,V] float32."""
+        """`input_ids` [N,T] (the prompt first, then the newest token) -> last-position logits [N,V] float32.
+        N is a multiple of the sources B, rows source-major; it may change between steps (after `reorder`)."""
         ...
 
     def reorder(self, rows: np.ndarray) -> None:
-        """Keep cache row `rows[i]` as row i (beam search)."""
+        """Keep cache row `rows[i]` as row i (beam search; also shrinks to one row per source and back)."""
         ...
 
 
@@ -269,11 +270,7 @@ class CallableDecoder:
         self.function = function
 
     def start(self, encoder_hidden_states, encoder_attention_mask, num_beams):
-        return _CallableSession(
-            self.function,
-            np.repeat(encoder_hidden_states, num_beams, axis=0),
-            np.repeat(encoder_attention_mask, num_beams, axis=0),
-        )
+        return _CallableSession(self.function, encoder_hidden_states, encoder_attention_mask)
 
 
 class _CallableSession:
@@ -282,7 +279,10 @@ class _CallableSession:
         self.past: list[np.ndarray] | None = None
 
     def step(self, input_ids: np.ndarray) -> np.ndarray:
-        logits, self.past = self.function(input_ids, self.past, self.states, self.mask)
+        rows_per_source = input_ids.shape[0] // self.states.shape[0]
+        states = np.repeat(self.states, rows_per_source, axis=0)
+        mask = np.repeat(self.mask, rows_per_source, axis=0)
+        logits, self.past = self.function(input_ids, self.past, states, mask)
         return logits
 
     def reorder(self, rows: np.ndarray) -> None:

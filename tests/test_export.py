@@ -196,6 +196,24 @@ def test_mbart_decoder_graph_equals_pytorch_steps(exported, models, beams):
     np.testing.assert_allclose(got, want[:, 1:], atol=1e-4, rtol=1e-5)
 
 
+def test_step_session_shrinks_to_one_row_per_source_and_grows_back(exported):
+    """Beam search decodes identical beams once per source, then expands the cache to every beam."""
+    rng = np.random.default_rng(9)
+    states = rng.standard_normal((2, 4, HIDDEN), dtype=np.float32)
+    mask = np.ones((2, 4), dtype=np.int64)
+    ids = np.array([[2, 7, 11], [2, 9, 13]])
+    decoder, beams = _decoder(exported, "mbart"), 3
+    full = decoder.start(states, mask, beams)
+    want = [full.step(np.repeat(ids[:, :2], beams, axis=0)), full.step(np.repeat(ids[:, 2:], beams, axis=0))]
+    shared = decoder.start(states, mask, beams)
+    shared.reorder(np.arange(2) * beams)
+    first = shared.step(ids[:, :2])
+    shared.reorder(np.repeat(np.arange(2), beams))
+    got = [np.repeat(first, beams, axis=0), shared.step(np.repeat(ids[:, 2:], beams, axis=0))]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-6)
+
+
 def test_zero_tolerance_fails_naming_the_graph(models, tmp_path):
     blip, mbart = models
     with pytest.raises(GraphValidationError) as caught:

@@ -217,6 +217,29 @@ def test_batched_equals_single(mbart):
     assert batched == singles
 
 
+def test_identical_beams_decode_one_row_per_source(mbart):
+    """The prompt and the forced language code leave every source's beams identical for two steps; those
+    steps decode one row per source (HF equality for this path: test_mbart_batch_matches_hf)."""
+    ids, attn = _source(3, seed=9)
+    states, mask = mbart_encode(mbart, ids, attn)
+    settings = GenerationSettings.from_hf(
+        mbart.generation_config,
+        prompt_ids=(MB_START,),
+        max_length=8,
+        num_beams=5,
+        forced_bos_token_id=MB_LANG,
+    )
+    inner, rows = MBartTorchDecoder(mbart), []
+
+    def recording(input_ids, past, encoder_states, encoder_mask):
+        rows.append((input_ids.shape[0], encoder_states.shape[0]))
+        return inner(input_ids, past, encoder_states, encoder_mask)
+
+    generate(recording, states, mask, settings)
+    assert rows[:3] == [(3, 3), (3, 3), (15, 15)]
+    assert all(r == (15, 15) for r in rows[2:])
+
+
 # --- pure-numpy toy decoder vs the same toy as an HF causal LM -----------------------------------------
 
 

@@ -212,7 +212,7 @@ def default_repository(options: BenchOptions, captioner: Path, translator: Path)
 
 def run_bench(options: BenchOptions) -> dict:
     from captioning import bench_report
-    from captioning.bench_baseline import run_baseline
+    from captioning.bench_baseline import Baseline, pass_plan
     from captioning.perf_analyzer import (
         bytes_input_data,
         require_perf_analyzer,
@@ -246,13 +246,22 @@ def run_bench(options: BenchOptions) -> dict:
         "images": [name for name, _ in images],
         "repeats": options.repeats,
         "windows": "steady" if options.steady else "burst",
-        "baseline": run_baseline(options, captioner, translator, images) if options.baseline else None,
+        "baseline": None,
         "runs": [],
     }
-    bench_report.write_outputs(results, output_dir)  # rewritten after each stage: a failure keeps the rest
-    for label, repository in repositories:
+    baseline = Baseline(options, captioner, translator) if options.baseline else None
+    plan = pass_plan(options.repeats, [label for label, _ in repositories])
+
+    def baseline_passes(gap: int) -> None:
+        if baseline is not None:
+            baseline.run_passes(images, plan[gap][1], plan[gap][0])
+            results["baseline"] = baseline.result()
+        bench_report.write_outputs(results, output_dir)  # after each stage: a failure keeps the rest
+
+    for gap, (label, repository) in enumerate(repositories):
+        baseline_passes(gap)
         results["runs"].extend(run_repository(label, Path(repository), inputs, options))
-        bench_report.write_outputs(results, output_dir)
+    baseline_passes(len(repositories))
     return results
 
 
@@ -372,7 +381,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--repeats",
         type=int,
         default=defaults.repeats,
-        help="measurements per point (baseline: passes over the images)",
+        help="measurements per point (baseline: at least this many passes over the images, spread "
+        "before, between and after the repositories)",
     )
     load.add_argument(
         "--burst",

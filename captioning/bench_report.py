@@ -167,8 +167,12 @@ def format_table(results: dict) -> str:
         f"{results.get('windows', 'burst')} windows | {m['cores']} cores, {m['cpu']}",
         "images/s (texts/s for translator): median [min-max] over repeats; latencies in seconds, medians; "
         "ratios against the baseline's images/s and p50",
-        "",
     ]
+    passes = (results.get("baseline") or {}).get("passes", [])
+    if passes:
+        spread = ", ".join(f"{p['images_per_s']:.3f} ({p['slot']})" for p in passes)
+        lines.append(f"baseline passes, interleaved with the Triton runs: {spread}")
+    lines.append("")
     header = ("mode", "model", "conc", "images/s", "p50", "p95", "p99", "x baseline", "p50 / baseline")
     body = [
         (

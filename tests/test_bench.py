@@ -144,6 +144,14 @@ def test_unsettled_steady_state_falls_back_to_one_burst(monkeypatch, tmp_path) -
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
+def test_baseline_passes_surround_every_repository() -> None:
+    from captioning.bench_baseline import pass_plan
+
+    assert pass_plan(2, ["a", "b"]) == [("before a", 1), ("before b", 1), ("after b", 1)]
+    assert pass_plan(4, ["a"]) == [("before a", 2), ("after a", 2)]
+    assert pass_plan(3, []) == [("alone", 3)]
+
+
 def test_bench_checkpoint_configs_are_full_size() -> None:
     import torch
     from transformers import BlipForConditionalGeneration, MBartForConditionalGeneration
@@ -246,7 +254,10 @@ def test_bench_end_to_end(fixture_checkpoints, shared_data, tmp_path, capsys) ->
 
     results = json.loads((output / "results.json").read_text())
     baseline = results["baseline"]
-    assert len(baseline["latencies_s"]) == 2
+    # One pass before the repository and one after it, though --repeats is 1: the ratio needs both sides.
+    assert [p["slot"] for p in baseline["passes"]] == ["before triton", "after triton"]
+    assert len(baseline["latencies_s"]) == 4 and len(baseline["outputs"]) == 2
+    assert "baseline passes, interleaved with the Triton runs:" in table
     # min = max new tokens really fixes the baseline's output lengths.
     assert all(o["new_tokens"] == {"caption": 4, "translation": 5} for o in baseline["outputs"])
     points = {(r["model"], r["concurrency"]) for r in results["runs"]}

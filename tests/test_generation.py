@@ -201,16 +201,20 @@ def test_beam_search_differs_from_greedy(mbart, blip):
     assert greedy != beam
 
 
-def test_batched_equals_single(mbart):
-    ids, attn = _source(4, seed=8)
-    states, mask = mbart_encode(mbart, ids, attn)
+def _mbart_inputs(mbart, batch: int, seed: int, max_length: int, num_beams: int):
+    states, mask = mbart_encode(mbart, *_source(batch, seed=seed))
     settings = GenerationSettings.from_hf(
         mbart.generation_config,
         prompt_ids=(MB_START,),
-        max_length=20,
-        num_beams=3,
+        max_length=max_length,
+        num_beams=num_beams,
         forced_bos_token_id=MB_LANG,
     )
+    return states, mask, settings
+
+
+def test_batched_equals_single(mbart):
+    states, mask, settings = _mbart_inputs(mbart, batch=4, seed=8, max_length=20, num_beams=3)
     decoder = MBartTorchDecoder(mbart)
     batched = generate(decoder, states, mask, settings)
     singles = [generate(decoder, states[i : i + 1], mask[i : i + 1], settings)[0] for i in range(4)]
@@ -220,15 +224,7 @@ def test_batched_equals_single(mbart):
 def test_identical_beams_decode_one_row_per_source(mbart):
     """The prompt and the forced language code leave every source's beams identical for two steps; those
     steps decode one row per source (HF equality for this path: test_mbart_batch_matches_hf)."""
-    ids, attn = _source(3, seed=9)
-    states, mask = mbart_encode(mbart, ids, attn)
-    settings = GenerationSettings.from_hf(
-        mbart.generation_config,
-        prompt_ids=(MB_START,),
-        max_length=8,
-        num_beams=5,
-        forced_bos_token_id=MB_LANG,
-    )
+    states, mask, settings = _mbart_inputs(mbart, batch=3, seed=9, max_length=8, num_beams=5)
     inner, rows = MBartTorchDecoder(mbart), []
 
     def recording(input_ids, past, encoder_states, encoder_mask):

@@ -118,21 +118,22 @@ def beam_search(
     batch_offset = np.arange(batch, dtype=np.int64)[:, None] * nb
     cur_len = prompt_len
     while True:
-        # a. forward the running beams (whole prompt first, then only the newest token), then
-        # b. log-probs and processors. While every source's beams hold the same tokens (the prompt; a forced
-        # BOS), one row per source gives all of them: the step runs on B rows instead of B x beams.
-        if _beams_identical(running_sequences, cur_len):
+        # a. forward the running beams (whole prompt first, then only the newest token). While every source's
+        # beams hold the same tokens (the prompt; a forced BOS), one row per source stands for all of them:
+        # the cache shrinks to B rows here and grows back to B x beams in step g's reorder.
+        shared = _beams_identical(running_sequences, cur_len)
+        if shared:
             session.reorder(batch_offset[:, 0])
-            flat = running_sequences[:, 0, :cur_len]
-            logits = session.step(flat if first else flat[:, -1:])
-            log_probs = np.repeat(process(s, flat, log_softmax(logits)), nb, axis=0)
-            session.reorder(np.repeat(np.arange(batch, dtype=np.int64), nb))
-        else:
-            flat = running_sequences[:, :, :cur_len].reshape(batch * nb, cur_len)
-            logits = session.step(flat if first else flat[:, -1:])
-            log_probs = process(s, flat, log_softmax(logits))
+        rows = running_sequences[:, :1] if shared else running_sequences
+        flat = rows[:, :, :cur_len].reshape(-1, cur_len)
+        logits = session.step(flat if first else flat[:, -1:])
         first = False
         vocab = logits.shape[-1]
+
+        # b. log-probs, processors, accumulated scores
+        log_probs = process(s, flat, log_softmax(logits))
+        if shared:
+            log_probs = np.repeat(log_probs, nb, axis=0)
         log_probs = log_probs.reshape(batch, nb, vocab) + running_beam_scores[:, :, None]
         log_probs = log_probs.reshape(batch, nb * vocab)
 
@@ -174,7 +175,8 @@ def beam_search(
 
         # g. reorder the cache for the surviving beams, then decide whether to go on
         beam_idx = running_beam_indices[:, :, cur_len - prompt_len].reshape(-1)
-        session.reorder(beam_idx)
+        # (after a shared step the cache has one row per source: row b // nb stands for every beam of b)
+        session.reorder(beam_idx // nb if shared else beam_idx)
         cur_len += 1
 
         if s.early_stopping == "never" and lp > 0.0:

@@ -56,7 +56,6 @@ class Baseline:
         self.passes: list[dict] = []
         self.latencies: list[float] = []
         self.outputs: list[dict] = []
-        self._warm = False
 
     def one(self, data: bytes) -> tuple[float, dict]:
         import torch
@@ -77,9 +76,8 @@ class Baseline:
     def run_passes(self, images: list[tuple[str, bytes]], count: int, slot: str) -> None:
         from tqdm import tqdm
 
-        if not self._warm:
-            self.one(images[0][1])  # first-call allocations and kernel selection
-            self._warm = True
+        if not self.passes:
+            self.one(images[0][1])  # warm-up: first-call allocations and kernel selection
         for _ in range(count):
             number = len(self.passes) + 1
             started, wall = time.perf_counter(), time.strftime("%H:%M:%S")

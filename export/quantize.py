@@ -1,4 +1,4 @@
-"""Opt-in int8 graphs: ONNX Runtime dynamic quantisation of every MatMul/Gemm weight.
+"""Opt-in int8 graphs: ONNX Runtime dynamic quantisation of every MatMul/Gemm weight, output layers included.
 
 Weights are stored as int8 (per output channel) and activations are quantised on the fly, which the VNNI
 instructions of these CPUs run several times faster than fp32. Outputs are no longer token-identical to
@@ -55,23 +55,37 @@ def _quiet_root_logger():
 
 
 def _untied(path: Path):
-    """The graph with every weight that a Gather (embedding lookup) shares with a MatMul/Gemm (tied output
-    layer) duplicated: the quantiser rewrites a weight for its matrix consumer and would break the lookup."""
+    """The graph with every matrix weight a MatMul/Gemm reads made its own initializer, so the quantiser can
+    quantise it.
+
+    Two ways a weight escapes it otherwise: an embedding lookup (Gather) shares it with a tied output layer,
+    and the quantiser would rewrite it for the matrix product and break the lookup; or torch's exporter
+    hands the tied parameter to the product through an Identity node, so the quantiser finds no initializer
+    and leaves the product (mBART-50's output layer, the largest matrix of the translator) in fp32.
+    """
     import onnx
 
     model = onnx.load(str(path))
     initializers = {i.name: i for i in model.graph.initializer}
-    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in initializers}
+    aliases = {
+        n.output[0]: n.input[0]
+        for n in model.graph.node
+        if n.op_type == "Identity" and n.input[0] in initializers
+    }
+    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather"}
+    gathered |= {aliases[name] for name in gathered if name in aliases}
     for node in model.graph.node:
         if node.op_type not in ("MatMul", "Gemm"):
             continue
         for index, name in enumerate(node.input):
-            if name in gathered:
-                copy = onnx.TensorProto()
-                copy.CopyFrom(initializers[name])
-                copy.name = f"{name}_untied_{node.name or index}"
-                model.graph.initializer.append(copy)
-                node.input[index] = copy.name
+            source = aliases.get(name, name)
+            if source not in initializers or (source == name and source not in gathered):
+                continue
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[source])
+            copy.name = f"{source}_untied_{node.name or index}"
+            model.graph.initializer.append(copy)
+            node.input[index] = copy.name
     return model
 
 

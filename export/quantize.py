@@ -1,12 +1,14 @@
 """Opt-in int8 graphs: ONNX Runtime dynamic quantisation of every MatMul/Gemm weight, output layers included.
 
 Weights are stored as int8 (per output channel) and activations are quantised on the fly, which CPUs run
-two to several times faster than fp32. Weights use 7 bits (`reduce_range`): on CPUs without VNNI (AVX2 only)
-ONNX Runtime multiplies u8 activations by s8 weights with VPMADDUBSW, whose int16 pair sums saturate on full
-8-bit weights; on the AVX2 development machine that cut the English captions identical to the exact mode's
-from 11/50 to 1/50. A repository may be served on another CPU than the one that exported it, so it is always on. Outputs are no longer token-identical to
-`generate()`: how often they agree is measured (docs/performance.md) and real quality must be checked with
-`captioning evaluate` on real checkpoints.
+two to several times faster than fp32. Outputs are no longer token-identical to `generate()`: how often they
+agree is measured (docs/performance.md) and real quality must be checked with `captioning evaluate` on real
+checkpoints.
+
+Weights use 7 bits (`reduce_range`). On CPUs without VNNI (AVX2 only) ONNX Runtime multiplies u8 activations
+by s8 weights with VPMADDUBSW, whose int16 pair sums saturate on full 8-bit weights: on the AVX2 development
+machine that cut the English captions identical to the exact mode's from 11/50 to 1/50. A repository may be
+served on another CPU than the one that exported it, so the 7-bit range is always used.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from serving_helpers import batch_stats, serve
 pytestmark = pytest.mark.integration
 
 # Measured on the first 50 shared images with the fixture checkpoints (docs/performance.md): trim 50/50 English
-# and 50/50 translations identical, trim+int8 11/50 and 24/50 (AVX2; 13/50 and 24/50 on AVX-512 VNNI). The trimmed
-# mode leaves BLIP untouched, so its English captions must be exact. The floors leave room for noise but
-# fail if trimming breaks the translator.
+# and 50/50 translations identical, trim+int8 11/50 and 24/50 (AVX2; 13/50 and 24/50 on AVX-512 VNNI). The
+# trimmed mode leaves BLIP untouched, so its English captions must be exact. The floors leave room for noise
+# but fail if trimming breaks the translator.
 MIN_AGREEMENT = {
     "trim": {"english": 1.0, "translation": 0.80},
     "trim+int8": {"english": 0.10, "translation": 0.30},

@@ -78,15 +78,15 @@ def _untied(path: Path):
         for n in model.graph.node
         if n.op_type == "Identity" and n.input[0] in initializers
     }
-    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather"}
-    gathered |= {aliases[name] for name in gathered if name in aliases}
+    gathered = {aliases.get(n.input[0], n.input[0]) for n in model.graph.node if n.op_type == "Gather"}
+    gathered &= initializers.keys()
     for node in model.graph.node:
         if node.op_type not in ("MatMul", "Gemm"):
             continue
         for index, name in enumerate(node.input):
-            source = aliases.get(name, name)
-            if source not in initializers or (source == name and source not in gathered):
+            if name not in aliases and name not in gathered:
                 continue
+            source = aliases.get(name, name)
             copy = onnx.TensorProto()
             copy.CopyFrom(initializers[source])
             copy.name = f"{source}_untied_{node.name or index}"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from captioning.heap import keep_heap
 from captioning.options import stage_options
 from captioning.stages import CaptionStage, load_settings
 from captioning.tokenization import TextCodec
@@ -24,6 +25,7 @@ from captioning.triton_utils import (
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_heap()  # before any large allocation; see captioning/heap.py
         directory = model_dir(args)
         params = model_parameters(args)
         graphs = json.loads((directory / "graphs.json").read_text())

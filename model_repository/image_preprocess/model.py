@@ -3,12 +3,14 @@
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from captioning.heap import keep_heap
 from captioning.preprocess import PreprocessConfig, preprocess_bytes
 from captioning.triton_utils import model_dir, model_parameters, respond_per_row, string_rows
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_heap()  # before any large allocation; see captioning/heap.py
         params = model_parameters(args)
         self.config = PreprocessConfig.from_file(
             model_dir(args) / "preprocessor_config.json", max_pixels=int(params.get("max_pixels", 50_000_000))

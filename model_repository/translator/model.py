@@ -7,6 +7,7 @@ Decoding lives in `captioning.generation`, batching and tokenisation in `caption
 import json
 from pathlib import Path
 
+from captioning.heap import keep_heap
 from captioning.options import stage_options
 from captioning.stages import TranslationStage, load_settings
 from captioning.tokenization import TextCodec
@@ -25,6 +26,7 @@ from captioning.vocab import VocabMap
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_heap()  # before any large allocation; see captioning/heap.py
         directory = model_dir(args)
         params = model_parameters(args)
         repository = Path(args["model_repository"]).parent

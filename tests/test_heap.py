@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -67,15 +68,10 @@ def test_keep_heap_without_glibc_is_harmless(monkeypatch):
     assert heap.keep_heap() is False
 
 
-@pytest.mark.skipif(not GLIBC, reason="mallopt thresholds are glibc's")
 def test_keep_heap_reports_glibc_refusing(monkeypatch):
-    class Refusing:
-        class mallopt:  # noqa: N801 - stands in for the C function
-            argtypes = restype = None
-
-            def __new__(cls, param, value):
-                return 0
+    def refusing_mallopt(param, value):
+        return 0  # what glibc returns for a value it will not take
 
     monkeypatch.delenv(heap.ENV_SWITCH, raising=False)
-    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: Refusing())
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: types.SimpleNamespace(mallopt=refusing_mallopt))
     assert heap.keep_heap() is False

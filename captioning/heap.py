@@ -6,7 +6,7 @@ KV cache), beam reordering, log-softmax temporaries. glibc's defaults serve allo
 copying a 17.7 MB cache ran at 1 GB/s instead of 4. Raising the mmap threshold (glibc's cap is 32 MiB) and
 the trim threshold keeps those pages in the heap for the next step. Measured on the 2-core AVX2 machine
 (docs/performance.md, run 10): translation 14% faster in-process; served at concurrency 16, within the
-machine's noise (+3% in an A/B of the int8 pipeline).
+machine's noise (+3% and +8% in two A/B pairs of the int8 pipeline).
 
 The price is a resident set that stays at its peak instead of shrinking between requests. Set
 `CAPTIONING_KEEP_HEAP=0` in the server's environment to keep glibc's defaults.

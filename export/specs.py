@@ -83,11 +83,18 @@ def cross_names(num_layers: int) -> tuple[str, ...]:
     return tuple(f"cross.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value"))
 
 
+def _cross_axes(num_layers: int) -> dict[str, dict[int, str]]:
+    # Keys [B,H,S,Dh], values transposed [B,H,Dh,S] (export/steps.py says why).
+    return {
+        name: {0: "batch", 2 if name.endswith(".key") else 3: "encoder_len"}
+        for name in cross_names(num_layers)
+    }
+
+
 def cross_kv_spec(name: str, num_layers: int, atol: float = DEFAULT_ATOL) -> GraphSpec:
     """Encoder states -> the cross-attention keys/values of every decoder layer, once per source."""
     axes: dict[str, dict[int, str]] = {"encoder_hidden_states": {0: "batch", 1: "encoder_len"}}
-    for cross in cross_names(num_layers):
-        axes[cross] = {0: "batch", 2: "encoder_len"}
+    axes.update(_cross_axes(num_layers))
     return GraphSpec(
         name=name,
         input_names=("encoder_hidden_states",),
@@ -105,8 +112,7 @@ def decoder_spec(name: str, num_layers: int, atol: float = DECODER_ATOL) -> Grap
         "encoder_attention_mask": {0: "batch", 1: "encoder_len"},
         "logits": {0: "rows"},
     }
-    for cross in cross_names(num_layers):
-        axes[cross] = {0: "batch", 2: "encoder_len"}
+    axes.update(_cross_axes(num_layers))
     for past in past_names(num_layers):
         axes[past] = {0: "rows", 2: "past_len"}
     for present in present_names(num_layers):

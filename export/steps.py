@@ -3,10 +3,16 @@
 `generate()` expands the encoder states to every beam and caches cross-attention keys/values per beam row.
 For BLIP-base that is 12 layers x 577 image tokens x 768 x 2 per row: recomputing it every step (or copying
 it per beam) would cost more than the rest of decoding. Here a `*_cross_kv` graph projects each source once
-([B,H,S,Dh]) and the step graph attends to it from all beams of that source by folding the beams into the
-query axis, so nothing is repeated. Every projection, norm and feed-forward is the checkpoint's own module;
-only the attention arithmetic is written out, in the same operation order as transformers' eager code.
+(keys [B,H,S,Dh], values [B,H,Dh,S]) and the step graph attends to it from all beams of that source by
+folding the beams into the query axis, so nothing is repeated. Every projection, norm and feed-forward is the
+checkpoint's own module; only the attention arithmetic is written out, in transformers' eager operation order
+except for the cross-attention operand order below.
 Rows of the step graph are grouped source-major (N = B x beams), which beam reordering preserves.
+
+The cross-attention products put the source's keys/values on the unpacked side of the matrix product (scores
+computed transposed, values stored transposed once per source): a GEMM packs its right-hand operand, and
+packing 577 image keys per head every step cost more than multiplying them by a few beam rows (BLIP-base,
+one thread: 2.3 ms instead of 3.2 ms per layer for 3 images; docs/performance.md, run 11).
 """
 
 from __future__ import annotations
@@ -29,9 +35,8 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
 
 
-def _scores(q: torch.Tensor, k: torch.Tensor, head_dim: int, multiply: bool) -> torch.Tensor:
+def _scale(raw: torch.Tensor, head_dim: int, multiply: bool) -> torch.Tensor:
     # BLIP divides by sqrt(Dh); mBART multiplies by Dh**-0.5 (different rounding, so follow each).
-    raw = torch.matmul(q, k.transpose(-1, -2))
     return raw * (head_dim**-0.5) if multiply else raw / math.sqrt(head_dim)
 
 
@@ -39,21 +44,30 @@ def self_attention(q, k, v, past_k, past_v, keep, head_dim, multiply):
     """Causal self-attention over cache + new keys; returns context [N,H,T,Dh] and the grown cache."""
     k = torch.cat([past_k, k], dim=2)
     v = torch.cat([past_v, v], dim=2)
-    scores = _scores(q, k, head_dim, multiply)
+    scores = _scale(torch.matmul(q, k.transpose(-1, -2)), head_dim, multiply)
     scores = scores.masked_fill(~keep.unsqueeze(1), torch.finfo(scores.dtype).min)
     return torch.matmul(torch.softmax(scores, dim=-1), v), k, v
 
 
-def grouped_cross_attention(q, k, v, mask_add, head_dim, multiply):
-    """q [N,H,T,Dh] with N = B*beams; k, v [B,H,S,Dh]; mask_add None or [B,1,1,S] -> context [N,H,T,Dh]."""
+def grouped_cross_attention(q, k, v_t, mask_add, head_dim, multiply):
+    """q [N,H,T,Dh] with N = B*beams; k [B,H,S,Dh]; v_t [B,H,Dh,S]; mask_add None or [B,1,1,S] -> [N,H,T,Dh].
+
+    Both products keep the source on the left (k @ q^T, v^T @ p^T); the small [S, Q] score and probability
+    tensors are the ones transposed. Same dot products as q @ k^T and p @ v, summed in another order."""
     rows, heads, new_len, dim = q.shape
     batch = k.shape[0]
     grouped = q.reshape(batch, -1, heads, new_len, dim).transpose(1, 2).reshape(batch, heads, -1, dim)
-    scores = _scores(grouped, k, head_dim, multiply)
+    scores = _scale(torch.matmul(k, grouped.transpose(-1, -2)).transpose(-1, -2), head_dim, multiply)
     if mask_add is not None:
         scores = scores + mask_add
-    context = torch.matmul(torch.softmax(scores, dim=-1), v)
+    probs = torch.softmax(scores, dim=-1)
+    context = torch.matmul(v_t, probs.transpose(-1, -2)).transpose(-1, -2)
     return context.reshape(batch, heads, -1, new_len, dim).transpose(1, 2).reshape(rows, heads, new_len, dim)
+
+
+def _values_t(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[R, S, H*Dh] -> [R, H, Dh, S]: cross-attention values stored transposed (see the module docstring)."""
+    return _heads(x, heads).transpose(-1, -2)
 
 
 def _pairs(flat: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -61,7 +75,7 @@ def _pairs(flat: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Ten
 
 
 class BlipCrossKV(nn.Module):
-    """image_embeds [B,S,D] -> per layer cross-attention key and value [B,H,S,Dh]."""
+    """image_embeds [B,S,D] -> per layer cross-attention key [B,H,S,Dh] and value [B,H,Dh,S]."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -73,7 +87,7 @@ class BlipCrossKV(nn.Module):
         for layer in self.layers:
             attention = layer.crossattention.self
             out += [_heads(attention.key(encoder_hidden_states), self.heads)]
-            out += [_heads(attention.value(encoder_hidden_states), self.heads)]
+            out += [_values_t(attention.value(encoder_hidden_states), self.heads)]
         return tuple(out)
 
 
@@ -125,7 +139,7 @@ class BlipTextStep(nn.Module):
 
 
 class MBartCrossKV(nn.Module):
-    """encoder last_hidden_state [B,S,D] -> per layer cross-attention key and value [B,H,S,Dh]."""
+    """encoder last_hidden_state [B,S,D] -> per layer cross-attention key [B,H,S,Dh] and value [B,H,Dh,S]."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -136,7 +150,7 @@ class MBartCrossKV(nn.Module):
         out = []
         for layer in self.layers:
             out += [_heads(layer.encoder_attn.k_proj(encoder_hidden_states), self.heads)]
-            out += [_heads(layer.encoder_attn.v_proj(encoder_hidden_states), self.heads)]
+            out += [_values_t(layer.encoder_attn.v_proj(encoder_hidden_states), self.heads)]
         return tuple(out)
 
 

@@ -107,6 +107,7 @@ def test_export_writes_the_contract_graphs(exported):
     assert [o.name for o in decoder.output] == ["logits", *present]
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in decoder.input}
     assert dims["cross.0.key"] == ["batch", HEADS, "encoder_len", HIDDEN // HEADS]
+    assert dims["cross.0.value"] == ["batch", HEADS, HIDDEN // HEADS, "encoder_len"]  # stored transposed
     assert dims["past_key_values.0.key"] == ["rows", HEADS, "past_len", HIDDEN // HEADS]
     blip = onnx.load(str(exported["blip_text_decoder"])).graph
     assert [i.name for i in blip.input][:3] == ["input_ids", "encoder_attention_mask", "cross.0.key"]

@@ -27,6 +27,7 @@ def _export(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             decoder_runner=args.decoder_runner,
             intra_op_threads=args.intra_op_threads,
+            cpu_slots=args.cpu_slots,
             instance_counts=tuple(_instance_count(item) for item in args.instances),
         ),
         caption=StageDefaults(args.caption_beams, args.caption_max_new_tokens, args.caption_min_new_tokens),
@@ -145,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="ONNX Runtime threads per model instance (0: all cores; 1 avoids oversubscription when "
         "the pipeline's stages run at once)",
+    )
+    export.add_argument(
+        "--cpu-slots",
+        default="0",
+        metavar="N|auto",
+        help="at most N graph runs at once across the server's models, so single-threaded instances never "
+        "time-slice a core ('auto': the serving machine's cores; 0: no limit; pair with --intra-op-threads 1)",
     )
     export.add_argument(
         "--instances",

@@ -11,6 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
+from captioning import cpu_slots
+
 
 class GraphRunner(Protocol):
     input_names: tuple[str, ...]
@@ -45,7 +47,9 @@ class OrtRunner:
         self.input_shapes: dict[str, tuple[int | str | None, ...]] = {i.name: tuple(i.shape) for i in inputs}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.session.run(list(self.output_names), {name: feeds[name] for name in self.input_names})
+        feeds = {name: feeds[name] for name in self.input_names}
+        with cpu_slots.held():  # a no-op unless the model was given CPU slots
+            outputs = self.session.run(list(self.output_names), feeds)
         return dict(zip(self.output_names, outputs, strict=True))
 
 

@@ -23,6 +23,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from captioning.cpu_slots import remove_server_slots
+
 LOG = logging.getLogger(__name__)
 
 
@@ -183,6 +185,8 @@ class TritonServer:
                 LOG.warning("tritonserver did not stop within %.0f s; killing it", timeout_s)
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None:
+            remove_server_slots(self.process.pid)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None

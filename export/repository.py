@@ -39,6 +39,9 @@ class RepositoryOptions:
     # Triton, for GPU nodes whose graph models run on Triton's native TensorRT/ONNX Runtime backends).
     decoder_runner: str = "inprocess"
     intra_op_threads: int = 0  # 0: ONNX Runtime decides
+    # At most this many graph runs at once across the server's models ("auto": the serving machine's cores;
+    # "0": no limit). Meant for single-threaded layouts; see captioning/cpu_slots.py.
+    cpu_slots: str = "0"
     # Model instances per model name (default 1): several single-threaded instances of the slowest stages
     # keep cores busy without the thread-pool barriers of one multi-threaded instance.
     instance_counts: tuple[tuple[str, int], ...] = ()
@@ -59,6 +62,12 @@ class RepositoryOptions:
                 )
             if not 1 <= count <= 16:
                 raise ValueError(f"instance count of {name} must be in 1..16, got {count}")
+        if self.cpu_slots != "auto" and not (self.cpu_slots.isdigit() and int(self.cpu_slots) <= 1024):
+            raise ValueError(f"cpu_slots must be 'auto' or an int in 0..1024, got {self.cpu_slots!r}")
+
+    def runner_parameters(self) -> dict[str, str]:
+        """Model parameters of every model that runs ONNX graphs."""
+        return {"intra_op_threads": str(self.intra_op_threads), "cpu_slots": self.cpu_slots}
 
     def instances(self, name: str) -> int:
         return dict(self.instance_counts).get(name, 1)
@@ -93,7 +102,7 @@ def _graph_spec(name: str, meta: dict, options: RepositoryOptions, batched: bool
         outputs=tuple(TensorSpec(t, dtype(t), dims(t)) for t in meta["output_names"]),
         max_batch_size=options.max_batch_size if batched else 0,
         batching=BatchingSpec(options.max_queue_delay_us) if batched else None,
-        parameters={"intra_op_threads": str(options.intra_op_threads)},
+        parameters=options.runner_parameters(),
     )
 
 
@@ -143,7 +152,7 @@ def _specs(
             (caption_en,),
             max_batch_size=mbs,
             batching=batching,
-            parameters={**generator_params, "intra_op_threads": str(options.intra_op_threads)},
+            parameters={**generator_params, **options.runner_parameters()},
         ),
         ModelSpec(
             "translator",
@@ -153,7 +162,7 @@ def _specs(
             batching=batching,
             parameters={
                 **generator_params,
-                "intra_op_threads": str(options.intra_op_threads),
+                **options.runner_parameters(),
                 "src_lang": options.src_lang,
                 "max_source_tokens": str(options.max_source_tokens),
             },

@@ -104,3 +104,22 @@ def test_generator_only_graphs_are_models_only_with_bls():
     with pytest.raises(ValueError, match="unknown model 'mbart_decoder'"):
         RepositoryOptions(instance_counts=(("mbart_decoder", 2),)).validate()
     RepositoryOptions(decoder_runner="bls", instance_counts=(("mbart_decoder", 2),)).validate()
+
+
+@pytest.mark.parametrize("runner", ["inprocess", "bls"])
+def test_cpu_slots_reach_every_model_that_runs_graphs(tmp_path, runner):
+    options = RepositoryOptions(decoder_runner=runner, intra_op_threads=1, cpu_slots="auto")
+    options.validate()
+    specs = model_specs(GRAPH_META, (96, 96), options)
+    for spec in specs:
+        spec.write(tmp_path)
+    slots = {
+        spec.name: read_config(tmp_path / spec.name / "config.pbtxt").parameters["cpu_slots"].string_value
+        for spec in specs
+        if spec.name in options.instance_models() and spec.name != "image_preprocess"
+    }
+    assert set(slots) == set(options.instance_models()) - {"image_preprocess"}
+    assert set(slots.values()) == {"auto"}
+    for bad in ("-1", "many", "2000"):
+        with pytest.raises(ValueError, match="cpu_slots"):
+            RepositoryOptions(cpu_slots=bad).validate()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from captioning import cpu_slots
 from captioning.heap import keep_heap
 from captioning.options import stage_options
 from captioning.stages import CaptionStage, load_settings
@@ -28,6 +29,7 @@ class TritonPythonModel:
         keep_heap()  # before any large allocation; see captioning/heap.py
         directory = model_dir(args)
         params = model_parameters(args)
+        cpu_slots.install(params.get("cpu_slots"))  # see captioning/cpu_slots.py
         graphs = json.loads((directory / "graphs.json").read_text())
         kind = params.get("decoder_runner", "inprocess")
         self.stage = CaptionStage(

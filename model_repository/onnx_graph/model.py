@@ -10,6 +10,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from captioning import cpu_slots
 from captioning.graphs import OrtRunner
 from captioning.heap import keep_heap
 from captioning.triton_utils import error_response, model_dir, model_parameters, thread_count
@@ -19,6 +20,7 @@ class TritonPythonModel:
     def initialize(self, args):
         keep_heap()  # before any large allocation; see captioning/heap.py
         params = model_parameters(args)
+        cpu_slots.install(params.get("cpu_slots"))  # see captioning/cpu_slots.py
         self.runner = OrtRunner(model_dir(args) / "model.onnx", intra_op_threads=thread_count(params))
         self.batched = json.loads(args["model_config"]).get("max_batch_size", 0) > 0
 

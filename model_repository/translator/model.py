@@ -7,6 +7,7 @@ Decoding lives in `captioning.generation`, batching and tokenisation in `caption
 import json
 from pathlib import Path
 
+from captioning import cpu_slots
 from captioning.heap import keep_heap
 from captioning.options import stage_options
 from captioning.stages import TranslationStage, load_settings
@@ -29,6 +30,7 @@ class TritonPythonModel:
         keep_heap()  # before any large allocation; see captioning/heap.py
         directory = model_dir(args)
         params = model_parameters(args)
+        cpu_slots.install(params.get("cpu_slots"))  # see captioning/cpu_slots.py
         repository = Path(args["model_repository"]).parent
         kind = params.get("decoder_runner", "inprocess")
         graphs = json.loads((directory / "graphs.json").read_text())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import time
@@ -28,7 +29,6 @@ LOG = logging.getLogger(__name__)
 
 PARAMETER = "cpu_slots"
 WAIT_LIMIT_S = 60.0  # then run anyway: a run must never hang on a slot a crashed process took with it
-_O_CREAT = 0o100
 
 
 class _Timespec(ctypes.Structure):
@@ -40,7 +40,9 @@ def parse_slots(value: str | int | None) -> int:
     if value is None or value == "":
         return 0
     if str(value).strip().lower() == "auto":
-        return len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity"):  # the cores this process may use (containers, taskset)
+            return len(os.sched_getaffinity(0))
+        return os.cpu_count() or 1
     count = int(value)
     if count < 0:
         raise ValueError(f"{PARAMETER} must be 'auto' or an int >= 0, got {value!r}")
@@ -62,7 +64,7 @@ class CpuSlots:
             getattr(libc, name).argtypes = (ctypes.c_void_p,)
         libc.sem_timedwait.argtypes = (ctypes.c_void_p, ctypes.POINTER(_Timespec))
         libc.sem_unlink.argtypes = (ctypes.c_char_p,)
-        handle = libc.sem_open(self.name, _O_CREAT, 0o600, count)
+        handle = libc.sem_open(self.name, os.O_CREAT, 0o600, count)
         if handle in (None, ctypes.c_void_p(-1).value):  # SEM_FAILED
             err = ctypes.get_errno()
             raise OSError(err, f"sem_open({self.name.decode()}): {os.strerror(err)}")
@@ -74,9 +76,9 @@ class CpuSlots:
         spec = _Timespec(int(deadline), int((deadline % 1) * 1e9))
         while self._libc.sem_timedwait(self._sem, ctypes.byref(spec)) != 0:
             err = ctypes.get_errno()
-            if err == 4:  # EINTR: a signal, wait on
+            if err == errno.EINTR:  # a signal: wait on
                 continue
-            if err == 110:  # ETIMEDOUT
+            if err == errno.ETIMEDOUT:
                 return False
             raise OSError(err, f"sem_timedwait: {os.strerror(err)}")
         return True

@@ -63,7 +63,6 @@ class CpuSlots:
         for name in ("sem_wait", "sem_post", "sem_close"):
             getattr(libc, name).argtypes = (ctypes.c_void_p,)
         libc.sem_timedwait.argtypes = (ctypes.c_void_p, ctypes.POINTER(_Timespec))
-        libc.sem_unlink.argtypes = (ctypes.c_char_p,)
         handle = libc.sem_open(self.name, os.O_CREAT, 0o600, count)
         if handle in (None, ctypes.c_void_p(-1).value):  # SEM_FAILED
             err = ctypes.get_errno()

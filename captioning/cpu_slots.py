@@ -55,7 +55,6 @@ class CpuSlots:
     def __init__(self, count: int, scope: int | None = None) -> None:
         if count < 1:
             raise ValueError(f"need at least one slot, got {count}")
-        self.count = count
         self.name = f"/captioning-cpu-slots-{os.getppid() if scope is None else scope}-{count}".encode()
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.sem_open.restype = ctypes.c_void_p

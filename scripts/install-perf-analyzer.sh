@@ -4,7 +4,7 @@
 # The binary ships inside tritonclient's manylinux wheels; from 2.52 on it needs glibc 2.38, so we take it
 # from the 2.48.0 wheel (it talks to newer servers over gRPC). It links libb64 (Debian: libb64-0d) and
 # libcudart.so.12 (even on CPU), which we take from the pip package nvidia-cuda-runtime-cu12 and place
-# beside the binary; captioning/perf_analyzer.py puts that folder on LD_LIBRARY_PATH. Idempotent.
+# beside the binary; captioning/bench/perf_analyzer.py puts that folder on LD_LIBRARY_PATH. Idempotent.
 set -euo pipefail
 VENV=${VENV:-.venv}
 TRITONCLIENT_VERSION=${TRITONCLIENT_VERSION:-2.48.0}

@@ -31,6 +31,6 @@ def flickr_images(shared_data: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def fixture_checkpoints(shared_data: Path):
-    from captioning.fixtures import cached_fixtures
+    from captioning.testing.fixtures import cached_fixtures
 
     return cached_fixtures()

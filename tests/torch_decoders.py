@@ -1,4 +1,4 @@
-"""Torch reference `Decoder`s (captioning.generation protocol) over real HF modules, for tests.
+"""Torch reference `Decoder`s (captioning.decoding.generate protocol) over real HF modules, for tests.
 
 They mirror the exported ONNX decoders: self-attention cache in and out as a flat numpy list, the
 cross-attention recomputed from the encoder states every step.

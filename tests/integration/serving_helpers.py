@@ -10,17 +10,10 @@ MAX_LENGTH = 64
 
 def serve(repository, log_dir):
     """A TritonServer on free ports for `repository` (a context manager), logging into `log_dir`."""
-    from captioning.server import ServerOptions, TritonServer, free_port
+    from captioning.server.launcher import ServerOptions, TritonServer
 
     return TritonServer(
-        ServerOptions(
-            repository=repository,
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            log_file=log_dir / "tritonserver.log",
-            ready_timeout_s=240,
-        )
+        ServerOptions.on_free_ports(repository, log_file=log_dir / "tritonserver.log", ready_timeout_s=240)
     )
 
 
@@ -76,9 +69,9 @@ class Reference:
             self._cache[key] = self.tokenizer.decode(ids[0], skip_special_tokens=True)
         return self._cache[key]
 
-    def both(self, image_bytes: bytes, caption_beams=None, translation_beams=None) -> tuple[str, str]:
-        english = self.caption(image_bytes, caption_beams)
-        return english, self.translate(english, translation_beams)
+    def both(self, image_bytes: bytes, caption_num_beams=None, translation_num_beams=None) -> tuple[str, str]:
+        english = self.caption(image_bytes, caption_num_beams)
+        return english, self.translate(english, translation_num_beams)
 
 
 def batch_stats(grpc_url: str, model: str) -> dict[int, int]:

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from captioning.client import CaptionClient
-from captioning.server import ServerOptions, TritonServer, free_port
 
-from serving_helpers import Reference, assert_all_equal
+from serving_helpers import Reference, assert_all_equal, serve
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +37,7 @@ def trained(fixture_checkpoints, shared_data, tmp_path_factory):
     """best/ of a few steps of each trainer, started from the fixture checkpoints."""
     import torch
 
-    from captioning.fixtures import FixturePaths
+    from captioning.testing.fixtures import FixturePaths
     from captioning.training.captioner import CaptionerData, train_captioner
     from captioning.training.train_args import TrainConfig
     from captioning.training.translator import TranslatorData, train_translator
@@ -79,15 +78,7 @@ def test_trained_checkpoints_serve_like_generate(trained, flickr_images, tmp_pat
         trained.blip, trained.mbart, tmp_path / "repository", BuildOptions(progress=False, validate=False)
     )
     images = [path.read_bytes() for path in flickr_images[:10]]
-    options = ServerOptions(
-        repository=repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_file=tmp_path / "tritonserver.log",
-        ready_timeout_s=240,
-    )
-    with TritonServer(options) as server, CaptionClient(server.grpc_url, timeout_s=300) as client:
+    with serve(repository, tmp_path) as server, CaptionClient(server.grpc_url, timeout_s=300) as client:
         results = client.caption_batch(images, max_in_flight=4)
     reference = Reference(trained)
     expected = [reference.both(data) for data in images]

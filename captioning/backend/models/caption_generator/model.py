@@ -1,0 +1,38 @@
+"""Triton adapter: BLIP image embeddings -> English caption (greedy or beam search with a KV cache).
+
+Decoding lives in `captioning.decoding`, batching and grouping in `captioning.runtime.stages`; this file only
+moves tensors and errors between Triton and those modules.
+"""
+
+import triton_python_backend_utils as pb_utils
+
+from captioning import contract
+from captioning.backend.runners import ModelContext
+from captioning.backend.triton_utils import run_rows, string_tensor
+from captioning.runtime.options import stage_options
+from captioning.runtime.stages import CaptionStage, load_settings
+from captioning.runtime.tokenization import TextCodec
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        model = ModelContext.setup(args)
+        self.stage = CaptionStage(
+            decoder=model.step_decoder(model.graphs()),
+            settings=load_settings(model.directory / "generation.json"),
+            codec=TextCodec.load(model.directory / "tokenizer"),
+        )
+
+    def _parse(self, request):
+        embeds = pb_utils.get_input_tensor_by_name(request, contract.IMAGE_EMBEDS).as_numpy()
+        if embeds.ndim != 3:
+            raise ValueError(
+                f"{contract.IMAGE_EMBEDS} must have shape [batch, tokens, hidden], got {list(embeds.shape)}"
+            )
+        options = stage_options(request.parameters(), contract.CAPTION_STAGE, self.stage.max_new_tokens_limit)
+        return list(embeds), options
+
+    def execute(self, requests):
+        return run_rows(
+            requests, self._parse, self.stage.run, lambda rows: [string_tensor(contract.CAPTION_EN, rows)]
+        )

@@ -1,0 +1,54 @@
+"""Triton adapter: English text -> Arabic text with mBART-50 (tokenise, encode, decode with a KV cache).
+
+Decoding lives in `captioning.decoding`, batching and tokenisation in `captioning.runtime`; this file only
+moves tensors and errors between Triton and those modules.
+"""
+
+from captioning import contract
+from captioning.backend.runners import ModelContext
+from captioning.backend.triton_utils import run_rows, string_rows, string_tensor
+from captioning.decoding import VocabMap
+from captioning.runtime.options import stage_options
+from captioning.runtime.stages import TranslationStage, load_settings
+from captioning.runtime.tokenization import TextCodec
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        model = ModelContext.setup(args)
+        graphs = model.graphs()
+        params = model.parameters
+        vocab = model.directory / "vocab.json"  # only with --translator-vocab (opt-in, not token-exact)
+        self.stage = TranslationStage(
+            encoder=model.graph_runner(graphs["encoder"]),
+            decoder=model.step_decoder(graphs),
+            settings=load_settings(model.directory / "generation.json"),
+            codec=TextCodec.load(
+                model.directory / "tokenizer",
+                src_lang=params.get(contract.PARAM_SRC_LANG, contract.SOURCE_LANG),
+                max_source_tokens=int(
+                    params.get(contract.PARAM_MAX_SOURCE_TOKENS, contract.MAX_SOURCE_TOKENS)
+                ),
+            ),
+            vocab=VocabMap.load(vocab) if vocab.exists() else None,
+        )
+
+    def _parse(self, request):
+        texts = []
+        for raw in string_rows(request, contract.TEXT_INPUT):
+            try:
+                texts.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"text is not valid UTF-8: {exc}") from None
+        options = stage_options(
+            request.parameters(), contract.TRANSLATION_STAGE, self.stage.max_new_tokens_limit
+        )
+        return texts, options
+
+    def execute(self, requests):
+        return run_rows(
+            requests,
+            self._parse,
+            self.stage.run,
+            lambda rows: [string_tensor(contract.TRANSLATION_OUTPUT, rows)],
+        )

@@ -1,0 +1,99 @@
+"""How an adapter is set up from its Triton arguments, and how generators reach their graphs.
+
+`ModelContext` reads the model's directory and config parameters once (the names come from
+`captioning.contract`). Graph runners are either in-process ONNX Runtime sessions (`captioning.runtime.graphs`)
+or `BlsRunner`, which calls another Triton model: on GPU nodes that model can be Triton's native ONNX Runtime
+or TensorRT backend without any change to the decoding code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from captioning import contract
+from captioning.runtime import cpu_slots
+from captioning.runtime.graphs import GraphRunner, OrtRunner, StepDecoder
+from captioning.runtime.heap import keep_heap
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelContext:
+    """What every adapter needs from `initialize(args)`."""
+
+    directory: Path  # the version directory, `<repo>/<model>/<version>`
+    repository: Path
+    parameters: dict[str, str]
+    max_batch_size: int
+
+    @classmethod
+    def setup(cls, args: dict) -> ModelContext:
+        """Read the arguments and apply the process-wide settings (heap thresholds, CPU slots) first,
+        before any large allocation."""
+        keep_heap()  # see captioning/runtime/heap.py
+        config = json.loads(args["model_config"])
+        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        cpu_slots.install(params.get(contract.PARAM_CPU_SLOTS))  # see captioning/runtime/cpu_slots.py
+        repository = Path(args["model_repository"])
+        return cls(
+            repository / args["model_version"], repository.parent, params, config.get("max_batch_size", 0)
+        )
+
+    @property
+    def threads(self) -> int | None:
+        """ONNX Runtime intra-op threads; 0 or absent lets it use every core."""
+        return int(self.parameters.get(contract.PARAM_INTRA_OP_THREADS, "0")) or None
+
+    @property
+    def runner_kind(self) -> str:
+        return self.parameters.get(contract.PARAM_DECODER_RUNNER, "inprocess")
+
+    def graphs(self) -> dict:
+        """`graphs.json`: the graphs a generator drives, by role."""
+        return json.loads((self.directory / "graphs.json").read_text())
+
+    def graph_runner(self, meta: dict) -> GraphRunner:
+        """`bls`: call the graph's Triton model; `inprocess`: run its ONNX graph in this process."""
+        if self.runner_kind == "bls":
+            return BlsRunner(meta["model"], meta)
+        if self.runner_kind == "inprocess":
+            # Repositories written before graphs moved into the generators' directories name only the model.
+            file = meta.get("file", f"{meta['model']}/1/model.onnx")
+            return OrtRunner(self.repository / file, intra_op_threads=self.threads)
+        raise ValueError(
+            f"unknown {contract.PARAM_DECODER_RUNNER} {self.runner_kind!r}; "
+            f"expected one of {', '.join(contract.DECODER_RUNNERS)}"
+        )
+
+    def step_decoder(self, graphs: dict) -> StepDecoder:
+        return StepDecoder(self.graph_runner(graphs["cross"]), self.graph_runner(graphs["step"]))
+
+
+class BlsRunner:
+    """A `GraphRunner` that runs a graph by calling another Triton model (BLS).
+
+    On CPU that model is a Python-backend ONNX Runtime model; on GPU nodes it can be Triton's native
+    onnxruntime or TensorRT backend without any change here.
+    """
+
+    def __init__(self, model_name: str, meta: dict):
+        self.model_name = model_name
+        self.input_names = tuple(meta["input_names"])
+        self.output_names = tuple(meta["output_names"])
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request = pb_utils.InferenceRequest(
+            model_name=self.model_name,
+            requested_output_names=list(self.output_names),
+            inputs=[pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in feeds.items()],
+        )
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{self.model_name}: {response.error().message()}")
+        return {
+            name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in self.output_names
+        }

@@ -1,0 +1,112 @@
+"""The baseline of `captioning bench`: the original app's pipeline, in-process eager PyTorch, one request
+at a time (decode the JPEG, BLIP processor, `blip.generate`, decode, tokenise, `mbart.generate` with the
+Arabic language code forced, decode), using every core as torch does by default."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from captioning.bench.run import BenchOptions
+
+LOG = logging.getLogger(__name__)
+
+
+class Baseline:
+    """The original app: per request, processor -> blip.generate -> decode -> tokenizer -> mbart.generate.
+
+    Loaded once; `run_passes` measures passes over the images whenever the bench calls it, so the passes can
+    sit between the Triton measurements and a slow or fast stretch of the machine hits both sides of a ratio.
+    """
+
+    def __init__(self, options: BenchOptions, captioner: Path, translator: Path) -> None:
+        import torch
+        from transformers import (
+            AutoTokenizer,
+            BlipForConditionalGeneration,
+            BlipProcessor,
+            MBartForConditionalGeneration,
+        )
+
+        from captioning.runtime.tokenization import spm_protobuf_compat
+
+        self.threads = options.threads or os.cpu_count() or 1
+        torch.set_num_threads(self.threads)
+        self.processor = BlipProcessor.from_pretrained(captioner)
+        self.blip = BlipForConditionalGeneration.from_pretrained(captioner).eval()
+        with spm_protobuf_compat():
+            self.tokenizer = AutoTokenizer.from_pretrained(translator, src_lang="en_XX")
+        self.mbart = MBartForConditionalGeneration.from_pretrained(translator).eval()
+        self.caption_kw = {
+            "num_beams": options.caption_num_beams,
+            "min_new_tokens": options.caption_tokens,
+            "max_new_tokens": options.caption_tokens,
+        }
+        self.translate_kw = {
+            "num_beams": options.translation_num_beams,
+            "min_new_tokens": options.translation_tokens,
+            "max_new_tokens": options.translation_tokens,
+            "forced_bos_token_id": self.tokenizer.convert_tokens_to_ids("ar_AR"),
+        }
+        self.passes: list[dict] = []
+        self.latencies: list[float] = []
+        self.outputs: list[dict] = []
+
+    def one(self, data: bytes) -> tuple[float, dict]:
+        import torch
+        from PIL import Image
+
+        started = time.perf_counter()
+        with torch.inference_mode():
+            pixels = self.processor(images=Image.open(io.BytesIO(data)), return_tensors="pt").pixel_values
+            caption_ids = self.blip.generate(pixel_values=pixels, **self.caption_kw)
+            english = self.processor.decode(caption_ids[0], skip_special_tokens=True)
+            source = self.tokenizer(english, return_tensors="pt")
+            translated = self.mbart.generate(**source, **self.translate_kw)
+            arabic = self.tokenizer.decode(translated[0], skip_special_tokens=True)
+        elapsed = time.perf_counter() - started
+        tokens = {"caption": caption_ids.shape[1] - 1, "translation": translated.shape[1] - 1}
+        return elapsed, {"english": english, "arabic": arabic, "new_tokens": tokens}
+
+    def run_passes(self, images: list[tuple[str, bytes]], count: int, slot: str) -> None:
+        from tqdm import tqdm
+
+        if not self.passes:
+            self.one(images[0][1])  # warm-up: first-call allocations and kernel selection
+        for _ in range(count):
+            number = len(self.passes) + 1
+            started, wall = time.perf_counter(), time.strftime("%H:%M:%S")
+            for name, data in tqdm(images, desc=f"baseline pass {number} ({slot})", unit="img"):
+                elapsed, output = self.one(data)
+                self.latencies.append(elapsed)
+                if number == 1:
+                    self.outputs.append({"image": name, **output})
+            rate = len(images) / (time.perf_counter() - started)
+            self.passes.append({"slot": slot, "started": wall, "images_per_s": rate})
+            LOG.info("baseline pass %d (%s): %.3f images/s", number, slot, rate)
+
+    def result(self) -> dict:
+        from captioning.bench.report import percentile, summary
+
+        return {
+            "threads": self.threads,
+            "passes": self.passes,
+            "latencies_s": self.latencies,
+            "images_per_s": summary([p["images_per_s"] for p in self.passes]),
+            "p50_ms": percentile(self.latencies, 50) * 1000,
+            "p95_ms": percentile(self.latencies, 95) * 1000,
+            "p99_ms": percentile(self.latencies, 99) * 1000,
+            "outputs": self.outputs,
+        }
+
+
+def pass_plan(repeats: int, labels: list[str]) -> list[tuple[str, int]]:
+    """Baseline passes per gap: before each repository and after the last, at least `repeats` in all."""
+    slots = [f"before {label}" for label in labels] + (["after " + labels[-1]] if labels else ["alone"])
+    per_slot = -(-repeats // len(slots))
+    return [(slot, per_slot) for slot in slots]

@@ -1,0 +1,162 @@
+"""`captioning bench` and `captioning make-bench-checkpoints`: arguments in, `BenchOptions` out."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from captioning.bench.options import BenchOptions
+
+
+def _concurrency(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def _repository(text: str) -> tuple[str, Path]:
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"expected LABEL=DIR, got {text!r}")
+    return label, Path(path)
+
+
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    return BenchOptions(
+        captioner=args.captioner,
+        translator=args.translator,
+        images_dir=args.images_dir,
+        num_images=args.num_images,
+        caption_num_beams=args.caption_num_beams,
+        caption_tokens=args.caption_tokens,
+        translation_num_beams=args.translation_num_beams,
+        translation_tokens=args.translation_tokens,
+        concurrency=args.concurrency,
+        component_concurrency=args.component_concurrency,
+        requests=args.requests,
+        repeats=args.repeats,
+        steady=not args.burst,
+        repositories=tuple(args.repository),
+        output_dir=args.output_dir,
+        baseline=not args.no_baseline,
+        triton=not args.baseline_only,
+        threads=args.threads,
+        timeout_s=args.timeout,
+    )
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from captioning.bench.report import format_table
+    from captioning.bench.run import run_bench
+
+    results = run_bench(options_from_args(args))
+    print(format_table(results))
+    print(f"\nresults: {args.output_dir / 'results.json'}\nplot: {args.output_dir / 'throughput.png'}")
+    return 0
+
+
+def _make_checkpoints(args: argparse.Namespace) -> int:
+    from captioning.bench.checkpoints import cached_bench_checkpoints, make_bench_checkpoints
+
+    if args.output is None:
+        paths = cached_bench_checkpoints(seed=args.seed)
+    else:
+        paths = make_bench_checkpoints(args.output, seed=args.seed)
+    print(f"captioner: {paths.blip}\ntranslator: {paths.mbart}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from captioning.bench import checkpoints as bench_checkpoints
+
+    defaults = BenchOptions()
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmark the original one-at-a-time PyTorch pipeline against Triton repositories",
+        description=run_doc(),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    models = bench.add_argument_group("checkpoints and inputs")
+    models.add_argument(
+        "--captioner", type=Path, help="BLIP checkpoint dir (default: full-size bench checkpoints)"
+    )
+    models.add_argument(
+        "--translator", type=Path, help="mBART checkpoint dir (default: full-size bench checkpoints)"
+    )
+    models.add_argument("--images-dir", type=Path, default=defaults.images_dir, help="JPEGs to send")
+    models.add_argument("--num-images", type=int, default=defaults.num_images, help="first N images, sorted")
+    gen = bench.add_argument_group("generation (fixed output lengths: min = max new tokens)")
+    gen.add_argument("--caption-num-beams", "--caption-beams", type=int, default=defaults.caption_num_beams)
+    gen.add_argument("--caption-tokens", type=int, default=defaults.caption_tokens, help="new caption tokens")
+    gen.add_argument(
+        "--translation-num-beams", "--translation-beams", type=int, default=defaults.translation_num_beams
+    )
+    gen.add_argument("--translation-tokens", type=int, default=defaults.translation_tokens)
+    load = bench.add_argument_group("Triton load")
+    load.add_argument(
+        "--repository",
+        type=_repository,
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="a model repository to measure (repeatable); none: export one from the checkpoints, "
+        "with the generation settings above as its defaults",
+    )
+    load.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=defaults.concurrency,
+        help="comma-separated concurrency levels for arabic_caption",
+    )
+    load.add_argument(
+        "--component-concurrency",
+        type=int,
+        help="concurrency for english_caption and translator (default: the largest level)",
+    )
+    load.add_argument(
+        "--requests",
+        type=int,
+        default=defaults.requests,
+        help="requests per window (at least 2x concurrency)",
+    )
+    load.add_argument(
+        "--repeats",
+        type=int,
+        default=defaults.repeats,
+        help="measurements per point (baseline: at least this many passes over the images, spread "
+        "before, between and after the repositories)",
+    )
+    load.add_argument(
+        "--burst",
+        action="store_true",
+        help="measure one burst of --requests per window instead of steady state (fill and drain included)",
+    )
+    load.add_argument(
+        "--timeout", type=float, default=defaults.timeout_s, help="seconds per perf_analyzer run"
+    )
+    bench.add_argument(
+        "--output-dir", type=Path, default=defaults.output_dir, help="results.json, plot, logs"
+    )
+    bench.add_argument("--no-baseline", action="store_true", help="skip the in-process PyTorch baseline")
+    bench.add_argument("--baseline-only", action="store_true", help="measure the PyTorch baseline alone")
+    bench.add_argument("--threads", type=int, default=0, help="baseline torch threads (0: all cores)")
+    bench.set_defaults(func=_bench)
+
+    make = subparsers.add_parser(
+        "make-bench-checkpoints",
+        help="build full-size BLIP-base and mBART-large-50 checkpoints with random weights (offline)",
+        description=bench_checkpoints.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    make.add_argument(
+        "--output", type=Path, help="where to write blip/ and mbart/ (default: cached under .cache)"
+    )
+    make.add_argument("--seed", type=int, default=0)
+    make.set_defaults(func=_make_checkpoints)
+
+
+def run_doc() -> str | None:
+    from captioning.bench import run
+
+    return run.__doc__

@@ -1,0 +1,56 @@
+"""What one `captioning bench` run measures, and with which settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from captioning.datasets import default_data_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    captioner: Path | None = None  # None: the full-size bench checkpoints (built and cached offline)
+    translator: Path | None = None
+    images_dir: Path = default_data_dir() / "flickr8k" / "Images"
+    num_images: int = 8
+    caption_num_beams: int = 3
+    caption_tokens: int = 20  # min = max new tokens
+    translation_num_beams: int = 5
+    translation_tokens: int = 24
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    component_concurrency: int | None = None  # english_caption and translator; None: the largest above
+    requests: int = 16  # per perf_analyzer window (at least 2x the concurrency)
+    repeats: int = 3
+    steady: bool = True  # steady-state windows under continuous load; False: one burst per window
+    repositories: tuple[tuple[str, Path], ...] = ()  # (label, dir); none: build one from the checkpoints
+    output_dir: Path = Path("build/bench")
+    baseline: bool = True
+    triton: bool = True  # False: the baseline alone
+    threads: int = 0  # torch threads for the baseline; 0: all cores
+    timeout_s: float = 1800.0  # per perf_analyzer run
+
+    def validate(self) -> None:
+        if (self.captioner is None) != (self.translator is None):
+            raise ValueError("give both --captioner and --translator, or neither")
+        if not (self.baseline or self.triton):
+            raise ValueError("nothing to measure: both the baseline and Triton are switched off")
+        if self.num_images < 1 or self.repeats < 1 or self.requests < 1:
+            raise ValueError("--num-images, --repeats and --requests must be positive")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ValueError(f"concurrency levels must be positive, got {self.concurrency}")
+
+    @property
+    def side_concurrency(self) -> int:
+        return self.component_concurrency or max(self.concurrency)
+
+    def requests_for(self, concurrency: int) -> int:
+        return max(self.requests, 2 * concurrency)
+
+    def settings(self) -> dict:
+        return {
+            "caption_num_beams": self.caption_num_beams,
+            "caption_new_tokens": self.caption_tokens,
+            "translation_num_beams": self.translation_num_beams,
+            "translation_new_tokens": self.translation_tokens,
+        }

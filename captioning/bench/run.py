@@ -1,0 +1,221 @@
+"""`captioning bench`: the original app's one-request-at-a-time PyTorch pipeline against Triton, in one run.
+
+Both sides use the same checkpoints, images and generation settings (beams, and min = max new tokens so
+random weights cost what trained ones do). The baseline runs in this process exactly as the notebook
+served it; each Triton repository is served on free ports and loaded by `perf_analyzer` with real JPEG
+bytes, while Triton's statistics API gives the per-model queue/compute breakdown of every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from captioning import contract
+from captioning.bench.options import BenchOptions
+
+if TYPE_CHECKING:
+    from captioning.bench.perf_analyzer import PerfRun
+
+LOG = logging.getLogger(__name__)
+
+PIPELINE = contract.ARABIC_MODEL
+COMPONENTS = (
+    (contract.ENGLISH_MODEL, contract.IMAGE_INPUT),
+    (contract.TRANSLATOR_MODEL, contract.TEXT_INPUT),
+)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def load_images(options: BenchOptions) -> list[tuple[str, bytes]]:
+    paths = sorted(Path(options.images_dir).glob("*.jpg"))[: options.num_images]
+    if not paths:
+        raise FileNotFoundError(f"no .jpg images in {options.images_dir}")
+    return [(p.name, p.read_bytes()) for p in paths]
+
+
+def caption_texts(options: BenchOptions, names: list[str]) -> list[str]:
+    """Real Flickr8k captions (the first per image) as the translator's input data."""
+    from captioning.testing.fixtures import flickr_captions
+
+    pairs = flickr_captions(Path(options.images_dir).parent.parent)
+    first: dict[str, str] = {}
+    for name, caption in pairs:
+        first.setdefault(name, caption)
+    texts = [first[n] for n in names if n in first]
+    return texts or [caption for _, caption in pairs[: len(names)]]
+
+
+def resolve_checkpoints(options: BenchOptions) -> tuple[Path, Path]:
+    if options.captioner is not None and options.translator is not None:
+        return Path(options.captioner), Path(options.translator)
+    from captioning.bench.checkpoints import cached_bench_checkpoints
+
+    paths = cached_bench_checkpoints()
+    return paths.blip, paths.mbart
+
+
+# ------------------------------------------------------------------------------------------ triton runs
+
+
+def _one_measurement(run: PerfRun, workdir: Path) -> dict:
+    """A steady-state measurement that never settles falls back to one burst (recorded), so a long bench
+    run is not lost to one noisy row."""
+    from captioning.bench.perf_analyzer import PerfAnalyzerError, run_perf_analyzer
+
+    try:
+        return {**run_perf_analyzer(run, workdir).to_dict(), "window": "steady" if run.steady else "burst"}
+    except PerfAnalyzerError as exc:
+        if not (run.steady and "stable measurement" in str(exc)):
+            raise
+        LOG.warning("%s c=%d did not reach a steady state; measuring one burst", run.model, run.concurrency)
+        return {
+            **run_perf_analyzer(dataclasses.replace(run, steady=False), workdir).to_dict(),
+            "window": "burst",
+        }
+
+
+def measure(server, model: str, data: Path, concurrency: int, options: BenchOptions, workdir: Path) -> dict:
+    """`repeats` perf_analyzer windows of one model at one concurrency, with the server stats around each."""
+    from captioning.bench.perf_analyzer import PerfRun
+    from captioning.bench.report import add_counters, breakdown, model_statistics, stats_delta, summary
+
+    run = PerfRun(
+        model=model,
+        url=server.grpc_url,
+        input_data=data,
+        concurrency=concurrency,
+        requests=options.requests_for(concurrency),
+        timeout_s=options.timeout_s,
+        steady=options.steady,
+    )
+    windows, totals = [], {}
+    for _ in range(options.repeats):
+        before = model_statistics(server.http_url)
+        windows.append(_one_measurement(run, workdir))
+        add_counters(totals, stats_delta(before, model_statistics(server.http_url)))
+    result = {"model": model, "concurrency": concurrency, "requests": run.requests, "windows": windows}
+    for key in ("throughput", "p50_ms", "p95_ms", "p99_ms", "avg_ms"):
+        result[key] = summary([w[key] for w in windows])
+    result["server"] = breakdown(totals)
+    LOG.info(
+        "%s c=%d: %.3f infer/s, p50 %.0f ms",
+        model,
+        concurrency,
+        result["throughput"]["median"],
+        result["p50_ms"]["median"],
+    )
+    return result
+
+
+def run_repository(label: str, repository: Path, inputs: dict[str, Path], options: BenchOptions) -> list:
+    from captioning.bench.perf_analyzer import PerfRun, run_perf_analyzer
+    from captioning.server.launcher import ServerOptions, TritonServer
+
+    workdir = Path(options.output_dir) / "perf" / label
+    workdir.mkdir(parents=True, exist_ok=True)
+    server_options = ServerOptions.on_free_ports(
+        repository,
+        log_file=workdir / "tritonserver.log",
+        ready_timeout_s=900.0,  # full-size graphs load slowly on a busy 2-core machine
+    )
+    runs = []
+    with TritonServer(server_options) as server:
+        LOG.info("%s: warming up %s", label, PIPELINE)
+        # At the highest concurrency, so batch shapes the windows will see are allocated before them.
+        top = max(options.concurrency)
+        warm = PerfRun(
+            PIPELINE, server.grpc_url, inputs["image"], top, top, timeout_s=options.timeout_s, steady=False
+        )
+        run_perf_analyzer(warm, workdir)
+        plan = [(PIPELINE, "image", c) for c in options.concurrency]
+        plan += [(model, kind, options.side_concurrency) for model, kind in COMPONENTS]
+        for model, kind, concurrency in plan:
+            runs.append(
+                {"label": label, **measure(server, model, inputs[kind], concurrency, options, workdir)}
+            )
+    return runs
+
+
+def default_repository(options: BenchOptions, captioner: Path, translator: Path) -> Path:
+    """Export once per checkpoints and settings; later runs reuse it."""
+    from captioning.decoding.settings import Overrides
+    from captioning.export.build import BuildOptions, build_repository
+
+    key = hashlib.sha256(f"{captioner.resolve()}|{translator.resolve()}|{options.settings()}".encode())
+    output = Path(options.output_dir) / f"repository-{key.hexdigest()[:12]}"
+    if (output / "manifest.json").is_file():
+        LOG.info("reusing model repository %s", output)
+        return output
+    build = BuildOptions(
+        progress=False,
+        caption=Overrides(options.caption_num_beams, options.caption_tokens, options.caption_tokens),
+        translation=Overrides(
+            options.translation_num_beams, options.translation_tokens, options.translation_tokens
+        ),
+    )
+    LOG.info("exporting a model repository to %s", output)
+    return build_repository(captioner, translator, output, build)
+
+
+def run_bench(options: BenchOptions) -> dict:
+    from captioning.bench import report as bench_report
+    from captioning.bench.baseline import Baseline, pass_plan
+    from captioning.bench.perf_analyzer import (
+        bytes_input_data,
+        require_perf_analyzer,
+        text_input_data,
+        write_input_data,
+    )
+
+    options.validate()
+    repositories = list(options.repositories) if options.triton else []
+    if options.triton:
+        require_perf_analyzer()  # fail before the long baseline, not after
+    output_dir = Path(options.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    captioner, translator = resolve_checkpoints(options)
+    images = load_images(options)
+    inputs = {
+        "image": write_input_data(
+            output_dir / "input-images.json", bytes_input_data("image", [d for _, d in images])
+        ),
+        "text": write_input_data(
+            output_dir / "input-texts.json",
+            text_input_data("text", caption_texts(options, [n for n, _ in images])),
+        ),
+    }
+    if options.triton and not repositories:
+        repositories = [("triton", default_repository(options, captioner, translator))]
+    results = {
+        "settings": options.settings(),
+        "machine": bench_report.machine(),
+        "checkpoints": {"captioner": str(captioner), "translator": str(translator)},
+        "images": [name for name, _ in images],
+        "repeats": options.repeats,
+        "windows": "steady" if options.steady else "burst",
+        "baseline": None,
+        "runs": [],
+    }
+    baseline = Baseline(options, captioner, translator) if options.baseline else None
+    plan = pass_plan(options.repeats, [label for label, _ in repositories])
+
+    def baseline_passes(gap: int) -> None:
+        if baseline is not None:
+            baseline.run_passes(images, plan[gap][1], plan[gap][0])
+            results["baseline"] = baseline.result()
+        bench_report.write_outputs(results, output_dir)  # after each stage: a failure keeps the rest
+
+    for gap, (label, repository) in enumerate(repositories):
+        baseline_passes(gap)
+        results["runs"].extend(run_repository(label, Path(repository), inputs, options))
+    baseline_passes(len(repositories))
+    return results
+
+
+# ------------------------------------------------------------------------------------------ CLI

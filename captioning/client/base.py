@@ -1,0 +1,104 @@
+"""What the sync and async clients share: configuration, request plans, image loading, readiness deadlines.
+
+Only the transport differs between `CaptionClient` (threads or gevent) and `AsyncCaptionClient` (asyncio), so
+everything that is not I/O lives here once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from captioning import contract
+from captioning.client import wire
+from captioning.client.endpoint import Endpoint, parse_endpoint
+from captioning.client.errors import CaptionError, InvalidInputError, ModelNotReadyError
+from captioning.client.images import ImageInput, load_image
+from captioning.client.types import GenerationOptions, check_lang
+
+READY_POLL_S = 0.25
+READY_PROBE_TIMEOUT_S = 5.0
+
+
+class ClientBase:
+    """Endpoint, timeout and model names of a client; subclasses add the transport."""
+
+    def __init__(
+        self,
+        url: str,
+        protocol: str | None,
+        timeout_s: float,
+        model: str = contract.ARABIC_MODEL,
+        english_model: str = contract.ENGLISH_MODEL,
+        translator_model: str = contract.TRANSLATOR_MODEL,
+    ) -> None:
+        self.endpoint: Endpoint = parse_endpoint(url, protocol)
+        self.timeout_s = wire.check_timeout(timeout_s)
+        self.model = model
+        self.english_model = english_model
+        self.translator_model = translator_model
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
+
+    @property
+    def protocol(self) -> str:
+        return self.endpoint.protocol
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, model={self.model!r}, timeout_s={self.timeout_s})"
+
+    def _plan(self, lang: str, options: GenerationOptions | None) -> wire.CaptionPlan:
+        return wire.caption_plan(
+            check_lang(lang), options, arabic_model=self.model, english_model=self.english_model
+        )
+
+    @property
+    def _probe_timeout_s(self) -> float:
+        return min(self.timeout_s, READY_PROBE_TIMEOUT_S)
+
+
+class ReadyWait:
+    """The deadline of one `wait_ready` call: each probe's outcome goes to `done`, which raises the last
+    failure once the deadline has passed."""
+
+    def __init__(self, model: str, url: str, timeout_s: float) -> None:
+        self.model, self.url = model, url
+        self.deadline = time.monotonic() + timeout_s
+
+    def done(self, outcome: bool | CaptionError) -> bool:
+        if outcome is True:
+            return True
+        last = outcome or ModelNotReadyError(f"model {self.model!r} is not ready at {self.url}")
+        if self.deadline - time.monotonic() <= 0:
+            raise last
+        return False
+
+    def delay(self) -> float:
+        return max(0.0, min(READY_POLL_S, self.deadline - time.monotonic()))
+
+
+def load_images(
+    images: Sequence[ImageInput], return_exceptions: bool
+) -> list[tuple[bytes, str] | CaptionError]:
+    """Every image read before anything is sent; a bad one raises, or stays in its slot as the error."""
+    loaded: list[tuple[bytes, str] | CaptionError] = []
+    for image in images:
+        try:
+            loaded.append(load_image(image))
+        except InvalidInputError as exc:
+            if not return_exceptions:
+                raise
+            loaded.append(exc)
+    return loaded
+
+
+def finish(results: list[Any], return_exceptions: bool) -> list[Any]:
+    """Results in input order; without return_exceptions the first failure (in input order) is raised."""
+    if not return_exceptions:
+        for item in results:
+            if isinstance(item, BaseException):
+                raise item
+    return results

@@ -1,0 +1,85 @@
+"""The public contract in one place: model, tensor and request-parameter names, limits and defaults.
+
+The client, the request options, the model-config specs, the Triton adapters and the CLIs import these; no
+other module spells them. Changing a value here changes it for the exporter, the server and the client at
+once. Only the standard library is imported, so every package (the torch-free client included) may use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -- public models (docs/design.md) -----------------------------------------------------------------------
+ARABIC_MODEL = "arabic_caption"  # ensemble: image -> caption_en, caption_ar
+ENGLISH_MODEL = "english_caption"  # ensemble: image -> caption_en
+TRANSLATOR_MODEL = "translator"  # English text -> Arabic text
+
+# -- internal models -----------------------------------------------------------------------------------
+PREPROCESS_MODEL = "image_preprocess"
+CAPTION_MODEL = "caption_generator"
+# The six ONNX graphs an export writes; with the in-process runner only the vision graph is a model of its own,
+# the others live in their generator's directory.
+VISION_MODEL = "blip_vision"
+BLIP_CROSS_KV = "blip_cross_kv"
+BLIP_TEXT_DECODER = "blip_text_decoder"
+MBART_ENCODER = "mbart_encoder"
+MBART_CROSS_KV = "mbart_cross_kv"
+MBART_DECODER = "mbart_decoder"
+GRAPH_MODELS = (VISION_MODEL, BLIP_CROSS_KV, BLIP_TEXT_DECODER, MBART_ENCODER, MBART_CROSS_KV, MBART_DECODER)
+# The graphs each generator drives, by role.
+GENERATOR_GRAPHS = {
+    CAPTION_MODEL: {"cross": BLIP_CROSS_KV, "step": BLIP_TEXT_DECODER},
+    TRANSLATOR_MODEL: {"encoder": MBART_ENCODER, "cross": MBART_CROSS_KV, "step": MBART_DECODER},
+}
+
+# -- tensors ---------------------------------------------------------------------------------------------
+IMAGE_INPUT = "image"  # TYPE_STRING [1]: encoded JPEG/PNG/WebP bytes
+PIXEL_VALUES = "pixel_values"
+IMAGE_EMBEDS = "image_embeds"
+CAPTION_EN = "caption_en"
+CAPTION_AR = "caption_ar"
+TEXT_INPUT = "text"  # TYPE_STRING [1]: UTF-8 English text
+TRANSLATION_OUTPUT = "translation"
+
+
+# -- request parameters ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageParameters:
+    """The request-parameter names of one generation stage (Triton request parameters, JSON ints)."""
+
+    num_beams: str
+    max_new_tokens: str
+
+
+CAPTION_STAGE = "caption"
+TRANSLATION_STAGE = "translation"
+STAGE_PARAMETERS = {
+    CAPTION_STAGE: StageParameters("caption_num_beams", "caption_max_new_tokens"),
+    TRANSLATION_STAGE: StageParameters("translation_num_beams", "translation_max_new_tokens"),
+}
+REQUEST_PARAMETERS = frozenset(
+    name for stage in STAGE_PARAMETERS.values() for name in (stage.num_beams, stage.max_new_tokens)
+)
+
+# -- limits ----------------------------------------------------------------------------------------------
+MAX_PIXELS = (
+    50_000_000  # decoded image size; larger headers are refused before decoding (decompression bombs)
+)
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # encoded image size
+MAX_BEAMS = 8  # per request and stage
+MAX_BATCH_SIZE = 16  # rows per request, and the default dynamic-batching limit of every model
+MAX_SOURCE_TOKENS = 256  # user text sent to the translator, in its tokens
+MAX_LENGTH = 64  # tokens per stage, prompt included: what the original deployment used
+
+# -- defaults --------------------------------------------------------------------------------------------
+SOURCE_LANG = "en_XX"  # mBART-50 language codes
+TARGET_LANG = "ar_AR"
+
+# -- model-config parameters: written by `captioning export`, read by the Triton adapters -------------------
+PARAM_DECODER_RUNNER = "decoder_runner"  # "inprocess" or "bls"
+PARAM_INTRA_OP_THREADS = "intra_op_threads"  # "0": ONNX Runtime decides
+PARAM_CPU_SLOTS = "cpu_slots"  # "0", "N" or "auto"
+PARAM_MAX_PIXELS = "max_pixels"
+PARAM_MAX_SOURCE_TOKENS = "max_source_tokens"
+PARAM_SRC_LANG = "src_lang"
+DECODER_RUNNERS = ("inprocess", "bls")

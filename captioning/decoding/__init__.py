@@ -1,0 +1,20 @@
+"""Decoding in numpy: settings, logits processors, greedy and beam search, trimmed vocabularies.
+
+No torch, no Triton, no ONNX Runtime: a `Decoder` supplies logits, and `tokens.py` is the one place where
+the next token is chosen from them.
+"""
+
+from captioning.decoding.decoder import CallableDecoder, Decoder, DecoderSession
+from captioning.decoding.generate import generate
+from captioning.decoding.settings import GenerationSettings, Overrides
+from captioning.decoding.vocab import VocabMap
+
+__all__ = [
+    "CallableDecoder",
+    "Decoder",
+    "DecoderSession",
+    "GenerationSettings",
+    "Overrides",
+    "VocabMap",
+    "generate",
+]

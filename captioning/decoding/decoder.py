@@ -1,0 +1,72 @@
+"""What decoding asks of a model: a session per batch that steps token ids to logits and reorders its cache.
+
+The serving runtime implements it over ONNX graphs (`captioning.runtime.graphs.StepDecoder`); tests implement
+it over PyTorch step functions (`CallableDecoder`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["CallableDecoder", "Decoder", "DecoderSession", "as_decoder"]
+
+
+class DecoderSession(Protocol):
+    """The decoder state of one `generate()` call."""
+
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        """`input_ids` [N,T] (the prompt first, then the newest token) -> last-position logits [N,V] float32.
+        N is a multiple of the sources B, rows source-major; it may change between steps (after `reorder`)."""
+        ...
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Keep cache row `rows[i]` as row i (beam search; also shrinks to one row per source and back)."""
+        ...
+
+
+class Decoder(Protocol):
+    """Starts a session for B sources decoded with `num_beams` rows each (N = B x num_beams, source-major)."""
+
+    def start(
+        self, encoder_hidden_states: np.ndarray, encoder_attention_mask: np.ndarray, num_beams: int
+    ) -> DecoderSession: ...
+
+
+StepFunction = Callable[
+    [np.ndarray, "list[np.ndarray] | None", np.ndarray, np.ndarray], tuple[np.ndarray, list[np.ndarray]]
+]
+
+
+class CallableDecoder:
+    """A `Decoder` over a plain step function `(input_ids, past, states, mask) -> (logits, present)` whose
+    encoder inputs are per row (as `generate()` expands them); used for PyTorch references in tests."""
+
+    def __init__(self, function: StepFunction) -> None:
+        self.function = function
+
+    def start(self, encoder_hidden_states, encoder_attention_mask, num_beams):
+        return _CallableSession(self.function, encoder_hidden_states, encoder_attention_mask)
+
+
+class _CallableSession:
+    def __init__(self, function: StepFunction, states: np.ndarray, mask: np.ndarray) -> None:
+        self.function, self.states, self.mask = function, states, mask
+        self.past: list[np.ndarray] | None = None
+
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        rows_per_source = input_ids.shape[0] // self.states.shape[0]
+        states = np.repeat(self.states, rows_per_source, axis=0)
+        mask = np.repeat(self.mask, rows_per_source, axis=0)
+        logits, self.past = self.function(input_ids, self.past, states, mask)
+        return logits
+
+    def reorder(self, rows: np.ndarray) -> None:
+        if self.past is not None:
+            self.past = [np.take(p, rows, axis=0) for p in self.past]
+
+
+def as_decoder(decoder: Decoder | StepFunction) -> Decoder:
+    return decoder if hasattr(decoder, "start") else CallableDecoder(decoder)

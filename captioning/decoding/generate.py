@@ -1,0 +1,42 @@
+"""`generate()` over any `Decoder`: token-for-token what `transformers` 4.57.6 returns for each batch item.
+
+The serving models run their decoder graphs through ONNX Runtime, so decoding cannot use `model.generate()`.
+This package re-implements the parts of it the deployment uses (greedy search, beam search, and the logits
+processors the checkpoints' generation configs switch on) in numpy; it imports neither torch nor Triton.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from captioning.decoding.beam_search import beam_search
+from captioning.decoding.decoder import Decoder, StepFunction, as_decoder
+from captioning.decoding.greedy import greedy_search
+from captioning.decoding.settings import GenerationSettings
+from captioning.decoding.vocab import VocabMap
+
+__all__ = ["generate"]
+
+
+def generate(
+    decoder: Decoder | StepFunction,
+    encoder_hidden_states: np.ndarray,
+    encoder_attention_mask: np.ndarray,
+    settings: GenerationSettings,
+    vocab: VocabMap | None = None,
+) -> list[list[int]]:
+    """Decode every batch item; returns, per item, the ids HF `generate()` returns for it alone (prompt
+    included, nothing after EOS / the end of the best hypothesis).
+
+    With `vocab` the decoder scores the positions of a trimmed vocabulary: settings (in tokenizer ids) move
+    into that space here and outputs move back, so callers only ever see tokenizer ids.
+    """
+    settings.validate()
+    if encoder_hidden_states.shape[0] != encoder_attention_mask.shape[0]:
+        raise ValueError("encoder_hidden_states and encoder_attention_mask disagree on the batch size")
+    if encoder_hidden_states.shape[0] == 0:
+        return []
+    search = greedy_search if settings.num_beams == 1 else beam_search
+    inner = vocab.remap(settings) if vocab is not None else settings
+    outputs = search(as_decoder(decoder), encoder_hidden_states, encoder_attention_mask, inner)
+    return [vocab.to_full(seq) for seq in outputs] if vocab is not None else outputs

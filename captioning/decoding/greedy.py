@@ -1,0 +1,36 @@
+"""Greedy search, `GenerationMixin._sample` with `do_sample=False` in `transformers` 4.57.6."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from captioning.decoding.decoder import Decoder
+from captioning.decoding.settings import GenerationSettings
+from captioning.decoding.tokens import greedy_tokens
+
+__all__ = ["greedy_search"]
+
+
+def greedy_search(
+    decoder: Decoder,
+    encoder_hidden_states: np.ndarray,
+    encoder_attention_mask: np.ndarray,
+    s: GenerationSettings,
+) -> list[list[int]]:
+    batch = encoder_hidden_states.shape[0]
+    ids = np.tile(np.asarray(s.prompt_ids, dtype=np.int64), (batch, 1))
+    eos = np.asarray(s.eos_token_ids, dtype=np.int64)
+    unfinished = np.ones(batch, dtype=bool)
+    lengths = np.full(batch, s.max_length, dtype=np.int64)
+    session = decoder.start(encoder_hidden_states, encoder_attention_mask, 1)
+    step_ids = ids
+    while True:
+        next_tokens = greedy_tokens(s, ids, session.step(step_ids), unfinished)
+        ids = np.concatenate([ids, next_tokens[:, None]], axis=1)
+        hit = np.isin(next_tokens, eos) | (ids.shape[1] >= s.max_length)
+        lengths[unfinished & hit] = ids.shape[1]
+        unfinished &= ~hit
+        if not unfinished.any():
+            break
+        step_ids = next_tokens[:, None]
+    return [ids[b, : lengths[b]].tolist() for b in range(batch)]

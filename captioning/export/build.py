@@ -1,0 +1,196 @@
+"""`captioning export`: two checkpoints in, one checked, servable Triton model repository out."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from captioning import contract
+from captioning.decoding.settings import Overrides
+from captioning.export.repository import RepositoryOptions, write_repository
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    target: str = "cpu"
+    source_lang: str = contract.SOURCE_LANG
+    target_lang: str = contract.TARGET_LANG
+    max_length: int = contract.MAX_LENGTH
+    validate: bool = True
+    progress: bool = True
+    repository: RepositoryOptions = RepositoryOptions()
+    # Repository-wide overrides of each stage's checkpoint defaults (requests can still override beams and max
+    # new tokens). min_new_tokens = max_new_tokens fixes output lengths: benchmarks make random-weight
+    # checkpoints cost what trained ones do that way.
+    caption: Overrides = Overrides()
+    translation: Overrides = Overrides()
+    precision: str = (
+        "fp32"  # "int8": opt-in dynamic quantisation (captioning/export/quantize.py), not token-exact
+    )
+    # Opt-in: a `captioning trim-vocab` file; the translator decodes over those target ids only (not exact).
+    translator_vocab: Path | None = None
+
+    def validate_options(self) -> None:
+        if self.target != "cpu":
+            raise ValueError(
+                f"target {self.target!r} is not available yet; only 'cpu' (ONNX Runtime in the Python backend)"
+            )
+        from captioning.export.quantize import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 2 <= self.max_length <= 1024:
+            raise ValueError(f"max_length must be in 2..1024, got {self.max_length}")
+        self.repository.validate()
+
+
+def caption_settings(model, max_length: int):
+    """What `BlipForConditionalGeneration.generate(pixel_values, max_length=...)` uses: the text decoder's
+    generation config, `[DEC]` (bos) as the prompt and `[SEP]` as the end token."""
+    from captioning.decoding.generate import GenerationSettings
+
+    text = model.config.text_config
+    return GenerationSettings.from_hf(
+        model.text_decoder.generation_config,
+        prompt_ids=(text.bos_token_id,),
+        eos_token_ids=(text.sep_token_id,),
+        pad_token_id=text.pad_token_id,
+        max_length=max_length,
+    )
+
+
+def translation_settings(model, tokenizer, target_lang: str, max_length: int):
+    """What `model.generate(**tokenizer(text), max_length=..., forced_bos_token_id=<target>)` uses."""
+    from captioning.decoding.generate import GenerationSettings
+
+    config = model.generation_config
+    start = config.decoder_start_token_id
+    if start is None:
+        start = model.config.decoder_start_token_id
+    target_id = tokenizer.convert_tokens_to_ids(target_lang)
+    if target_id is None or target_id == tokenizer.unk_token_id:
+        raise ValueError(f"the translator's tokenizer has no language code {target_lang!r}")
+    return GenerationSettings.from_hf(
+        config, prompt_ids=(int(start),), max_length=max_length, forced_bos_token_id=int(target_id)
+    )
+
+
+def _trim_translator(mbart, path: Path, translation):
+    """Load a kept-token file, check that generation can still reach every id it needs, trim the model."""
+    from captioning.decoding.vocab import VocabMap
+    from captioning.export.vocab_trim import trim_decoder_vocab
+
+    vocab = VocabMap.load(path)
+    vocab.remap(translation)  # raises ValueError naming a start/end/language id the file lacks
+    trim_decoder_vocab(mbart, vocab)
+    return vocab
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def build_repository(
+    captioner: str | Path, translator: str | Path, output: Path, options: BuildOptions = BuildOptions()
+) -> Path:
+    """Export, validate and lay out everything; the repository appears only once all of it succeeded."""
+    from transformers import (
+        AutoTokenizer,
+        BlipProcessor,
+    )
+
+    from captioning.export.graphs import ExportOptions, export_models, load_captioner, load_translator
+    from captioning.runtime.tokenization import spm_protobuf_compat
+
+    options.validate_options()
+    output = Path(output)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    with tempfile.TemporaryDirectory(
+        prefix="captioning-export-", dir=output.parent if output.parent.exists() else None
+    ) as tmp:
+        work = Path(tmp)
+        # Loaded once: the same models give the graphs and the generation settings.
+        blip = load_captioner(captioner)
+        mbart = load_translator(translator)
+        LOG.info("reading generation settings and tokenizers")
+        processor = BlipProcessor.from_pretrained(str(captioner))
+        processor.save_pretrained(work / "processor")
+        with spm_protobuf_compat():
+            tokenizer = AutoTokenizer.from_pretrained(str(translator), src_lang=options.source_lang)
+        tokenizer.save_pretrained(work / "translator_tokenizer")
+        caption = caption_settings(blip, options.max_length).with_overrides(options.caption)
+        translation = translation_settings(mbart, tokenizer, options.target_lang, options.max_length)
+        translation = translation.with_overrides(options.translation)
+        settings = {
+            contract.CAPTION_STAGE: caption.to_dict(),
+            contract.TRANSLATION_STAGE: translation.to_dict(),
+        }
+        assets = {
+            "processor": work / "processor",
+            "captioner_tokenizer": work / "processor",
+            "translator_tokenizer": work / "translator_tokenizer",
+        }
+        vocab = None
+        if options.translator_vocab is not None:
+            vocab = _trim_translator(mbart, options.translator_vocab, translation)
+            assets["translator_vocab"] = vocab.save(work / "vocab.json")
+        graphs = export_models(
+            blip,
+            mbart,
+            work / "graphs",
+            ExportOptions(validate=options.validate, progress=options.progress),
+        ).paths
+        if options.precision == "int8":
+            from captioning.export.quantize import quantize_graphs
+
+            graphs = quantize_graphs(graphs, work / "int8", progress=options.progress)
+        image_size = processor.image_processor.size
+        manifest = {
+            "captioner": str(captioner),
+            "translator": str(translator),
+            "target": options.target,
+            "precision": options.precision,
+            "translator_vocab": None if vocab is None else {"kept": len(vocab), "full_size": vocab.full_size},
+            "source_lang": options.source_lang,
+            "target_lang": options.target_lang,
+            "generation": settings,
+            "created": started.isoformat(timespec="seconds"),
+            "versions": _versions(),
+        }
+        staging = work / "repository"
+        write_repository(
+            staging,
+            graphs,
+            assets,
+            settings,
+            (int(image_size["height"]), int(image_size["width"])),
+            manifest,
+            dataclasses.replace(
+                options.repository,
+                src_lang=options.source_lang,
+                # Longer text would index past mBART's learned positions.
+                max_source_tokens=min(
+                    options.repository.max_source_tokens, mbart.config.max_position_embeddings
+                ),
+            ),
+        )
+        if output.exists():
+            shutil.rmtree(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), str(output))
+    LOG.info("model repository ready: %s", output)
+    return output

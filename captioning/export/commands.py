@@ -1,0 +1,168 @@
+"""`captioning export` and `captioning trim-vocab`. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from captioning import contract
+
+
+def _export(args: argparse.Namespace) -> int:
+    from captioning.export.build import BuildOptions, build_repository
+    from captioning.export.repository import RepositoryOptions
+
+    options = BuildOptions(
+        target=args.target,
+        source_lang=args.source_lang,
+        target_lang=args.target_lang,
+        max_length=args.max_length,
+        validate=not args.no_validate,
+        precision=args.precision,
+        translator_vocab=Path(args.translator_vocab) if args.translator_vocab else None,
+        progress=not args.no_progress,
+        repository=RepositoryOptions(
+            max_batch_size=args.max_batch_size,
+            decoder_runner=args.decoder_runner,
+            intra_op_threads=args.intra_op_threads,
+            cpu_slots=args.cpu_slots,
+            instance_counts=tuple(_instance_count(item) for item in args.instances),
+        ),
+        caption=_overrides(args, contract.CAPTION_STAGE),
+        translation=_overrides(args, contract.TRANSLATION_STAGE),
+    )
+    path = build_repository(args.captioner, args.translator, Path(args.output), options)
+    print(f"model repository written to {path}")
+    return 0
+
+
+def _instance_count(item: str) -> tuple[str, int]:
+    name, sep, count = item.partition("=")
+    if not sep or not count.isdigit():
+        raise ValueError(f"--instances takes MODEL=COUNT, got {item!r}")
+    return name, int(count)
+
+
+def _trim_vocab(args: argparse.Namespace) -> int:
+    from captioning.export.vocab_trim import TrimCorpus, derive_vocab
+
+    corpus = TrimCorpus(
+        arabic_captions=tuple(Path(p) for p in args.arabic_captions),
+        pairs=tuple(Path(p) for p in args.pairs),
+        text=tuple(Path(p) for p in args.text),
+    )
+    vocab = derive_vocab(args.translator, corpus, args.target_lang, pad_to=args.pad_to)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    vocab.save(output)
+    print(f"kept {len(vocab)} of {vocab.full_size} target ids: {output}")
+    return 0
+
+
+def _overrides(args: argparse.Namespace, stage: str):
+    from captioning.decoding.settings import Overrides
+
+    return Overrides(
+        getattr(args, f"{stage}_num_beams"),
+        getattr(args, f"{stage}_max_new_tokens"),
+        getattr(args, f"{stage}_min_new_tokens"),
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser("export", help="build a servable Triton model repository from two checkpoints")
+    export.add_argument(
+        "--captioner", required=True, help="BlipForConditionalGeneration: hub id or local dir"
+    )
+    export.add_argument(
+        "--translator", required=True, help="MBartForConditionalGeneration: hub id or local dir"
+    )
+    export.add_argument("--output", required=True, help="model repository directory to (re)create")
+    export.add_argument("--target", default="cpu", choices=["cpu"], help="where the repository will run")
+    export.add_argument("--source-lang", default=contract.SOURCE_LANG)
+    export.add_argument("--target-lang", default=contract.TARGET_LANG)
+    export.add_argument(
+        "--max-length",
+        type=int,
+        default=contract.MAX_LENGTH,
+        help="token limit of each stage, prompt included",
+    )
+    export.add_argument("--max-batch-size", type=int, default=contract.MAX_BATCH_SIZE)
+    export.add_argument(
+        "--decoder-runner",
+        default=contract.DECODER_RUNNERS[0],
+        choices=contract.DECODER_RUNNERS,
+        help="generators run their graphs in-process (fast on CPU) or call the graph models through Triton "
+        "(bls: for GPU nodes with native backends)",
+    )
+    for stage in (contract.CAPTION_STAGE, contract.TRANSLATION_STAGE):
+        group = export.add_argument_group(f"{stage} defaults (override the checkpoint's generation config)")
+        group.add_argument(f"--{stage}-num-beams", f"--{stage}-beams", type=int, help="default beam width")
+        group.add_argument(f"--{stage}-max-new-tokens", type=int, help="default limit of generated tokens")
+        group.add_argument(
+            f"--{stage}-min-new-tokens",
+            type=int,
+            help="no end token before this many (fixes lengths for benchmarks)",
+        )
+    export.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads per model instance (0: all cores; 1 avoids oversubscription when "
+        "the pipeline's stages run at once)",
+    )
+    export.add_argument(
+        "--cpu-slots",
+        default="0",
+        metavar="N|auto",
+        help="at most N graph runs at once across the server's models, so single-threaded instances never "
+        "time-slice a core ('auto': the serving machine's cores; 0: no limit; pair with --intra-op-threads 1)",
+    )
+    export.add_argument(
+        "--instances",
+        action="append",
+        default=[],
+        metavar="MODEL=COUNT",
+        help="model instances of one model (repeatable), e.g. translator=2 blip_vision=2",
+    )
+    export.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "int8"],
+        help="fp32: token-exact with generate(); int8: opt-in dynamic quantisation, faster, not exact",
+    )
+    export.add_argument(
+        "--translator-vocab",
+        help="opt-in: a `captioning trim-vocab` file; the translator's decoder keeps only those target "
+        "tokens (faster, not token-exact)",
+    )
+    export.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    export.add_argument("--no-progress", action="store_true")
+    export.set_defaults(func=_export)
+
+    trim = sub.add_parser(
+        "trim-vocab",
+        help="list the target tokens a corpus uses, for `captioning export --translator-vocab`",
+    )
+    trim.add_argument(
+        "--translator", required=True, help="MBartForConditionalGeneration: hub id or local dir"
+    )
+    trim.add_argument("--output", required=True, help="JSON file to write")
+    trim.add_argument("--target-lang", default=contract.TARGET_LANG)
+    trim.add_argument(
+        "--arabic-captions", action="append", default=[], help="Arabic Flickr8k file (image#n<TAB>caption)"
+    )
+    trim.add_argument(
+        "--pairs",
+        action="append",
+        default=[],
+        help="source<TAB>target file (Tatoeba); the target side is used",
+    )
+    trim.add_argument("--text", action="append", default=[], help="one target-language sentence per line")
+    trim.add_argument(
+        "--pad-to",
+        type=int,
+        default=0,
+        help="fill up to this many ids with the lowest unused ones (benchmarks: model a real tokenizer's size)",
+    )
+    trim.set_defaults(func=_trim_vocab)

@@ -1,0 +1,299 @@
+"""Lay out a servable Triton model repository from exported graphs, tokenizers and generation settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from captioning import contract
+from captioning.export.model_config import BatchingSpec, EnsembleStep, ModelSpec, TensorSpec
+
+LOG = logging.getLogger(__name__)
+
+GRAPH_MODELS = contract.GRAPH_MODELS
+GENERATOR_GRAPHS = contract.GENERATOR_GRAPHS
+
+
+@dataclasses.dataclass(frozen=True)
+class RepositoryOptions:
+    max_batch_size: int = contract.MAX_BATCH_SIZE
+    max_queue_delay_us: int = 2000
+    # How generators reach their graphs: "inprocess" (ONNX Runtime inside the generator's process: no tensor
+    # copies through Triton per token, the fast path on CPU) or "bls" (calls to the graph models through
+    # Triton, for GPU nodes whose graph models run on Triton's native TensorRT/ONNX Runtime backends).
+    decoder_runner: str = "inprocess"
+    intra_op_threads: int = 0  # 0: ONNX Runtime decides
+    # At most this many graph runs at once across the server's models ("auto": the serving machine's cores;
+    # "0": no limit). Meant for single-threaded layouts; see captioning/runtime/cpu_slots.py.
+    cpu_slots: str = "0"
+    # Model instances per model name (default 1): several single-threaded instances of the slowest stages
+    # keep cores busy without the thread-pool barriers of one multi-threaded instance.
+    instance_counts: tuple[tuple[str, int], ...] = ()
+    max_pixels: int = contract.MAX_PIXELS
+    max_source_tokens: int = contract.MAX_SOURCE_TOKENS
+    src_lang: str = contract.SOURCE_LANG
+
+    def validate(self) -> None:
+        if not 1 <= self.max_batch_size <= 256:
+            raise ValueError(f"max_batch_size must be in 1..256, got {self.max_batch_size}")
+        if self.decoder_runner not in contract.DECODER_RUNNERS:
+            raise ValueError(f"decoder_runner must be 'bls' or 'inprocess', got {self.decoder_runner!r}")
+        for name, count in self.instance_counts:
+            if name not in self.instance_models():
+                raise ValueError(
+                    f"instance count for unknown model {name!r}; models with --decoder-runner "
+                    f"{self.decoder_runner}: {', '.join(self.instance_models())}"
+                )
+            if not 1 <= count <= 16:
+                raise ValueError(f"instance count of {name} must be in 1..16, got {count}")
+        if self.cpu_slots != "auto" and not (self.cpu_slots.isdigit() and int(self.cpu_slots) <= 1024):
+            raise ValueError(f"cpu_slots must be 'auto' or an int in 0..1024, got {self.cpu_slots!r}")
+
+    def runner_parameters(self) -> dict[str, str]:
+        """Model parameters of every model that runs ONNX graphs."""
+        return {
+            contract.PARAM_INTRA_OP_THREADS: str(self.intra_op_threads),
+            contract.PARAM_CPU_SLOTS: self.cpu_slots,
+        }
+
+    def instances(self, name: str) -> int:
+        return dict(self.instance_counts).get(name, 1)
+
+    def graph_models(self) -> tuple[str, ...]:
+        """The graphs that are Triton models of their own. With the in-process runner the decoder-side graphs
+        live in their generator's version directory instead: loading them as models too would hold a second copy
+        of every weight (~4 GB at full size)."""
+        return GRAPH_MODELS if self.decoder_runner == "bls" else GRAPH_MODELS[:1]
+
+    def instance_models(self) -> tuple[str, ...]:
+        """Models that run work themselves (ensembles have no instances)."""
+        return (
+            contract.PREPROCESS_MODEL,
+            *self.graph_models(),
+            contract.CAPTION_MODEL,
+            contract.TRANSLATOR_MODEL,
+        )
+
+
+def _dynamic(names: list[str], dtype_of) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(name, dtype_of(name), (-1,) * rank) for name, rank in names)
+
+
+def _graph_spec(name: str, meta: dict, options: RepositoryOptions, batched: bool) -> ModelSpec:
+    def dtype(tensor: str) -> str:
+        return meta["dtypes"][tensor]
+
+    def dims(tensor: str) -> tuple[int, ...]:
+        shape = meta["shapes"][tensor]
+        shape = shape[1:] if batched else shape
+        return tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape)
+
+    return ModelSpec(
+        name=name,
+        inputs=tuple(TensorSpec(t, dtype(t), dims(t)) for t in meta["input_names"]),
+        outputs=tuple(TensorSpec(t, dtype(t), dims(t)) for t in meta["output_names"]),
+        max_batch_size=options.max_batch_size if batched else 0,
+        batching=BatchingSpec(options.max_queue_delay_us) if batched else None,
+        parameters=options.runner_parameters(),
+    )
+
+
+def model_specs(
+    graph_meta: dict[str, dict], image_size: tuple[int, int], options: RepositoryOptions
+) -> list[ModelSpec]:
+    """Every model of the repository; the public tensor contract is fixed here."""
+    specs = _specs(graph_meta, image_size, options)
+    return [
+        dataclasses.replace(s, instance_count=options.instances(s.name))
+        if s.name in options.instance_models()
+        else s
+        for s in specs
+    ]
+
+
+def _specs(
+    graph_meta: dict[str, dict], image_size: tuple[int, int], options: RepositoryOptions
+) -> list[ModelSpec]:
+    c = contract
+    mbs = options.max_batch_size
+    batching = BatchingSpec(options.max_queue_delay_us)
+    image = TensorSpec(c.IMAGE_INPUT, "STRING", (1,))
+    caption_en = TensorSpec(c.CAPTION_EN, "STRING", (1,))
+    height, width = image_size
+    pixel_values = TensorSpec(c.PIXEL_VALUES, "FP32", (3, height, width))
+    image_embeds = TensorSpec(c.IMAGE_EMBEDS, "FP32", (-1, -1))
+    generator_params = {c.PARAM_DECODER_RUNNER: options.decoder_runner, **options.runner_parameters()}
+
+    def step(model: str, source: str, target: str) -> EnsembleStep:
+        return EnsembleStep(model, {source: source}, {target: target})
+
+    preprocess = [
+        step(c.PREPROCESS_MODEL, c.IMAGE_INPUT, c.PIXEL_VALUES),
+        step(c.VISION_MODEL, c.PIXEL_VALUES, c.IMAGE_EMBEDS),
+        step(c.CAPTION_MODEL, c.IMAGE_EMBEDS, c.CAPTION_EN),
+    ]
+    translate = EnsembleStep(
+        c.TRANSLATOR_MODEL, {c.TEXT_INPUT: c.CAPTION_EN}, {c.TRANSLATION_OUTPUT: c.CAPTION_AR}
+    )
+    return [
+        ModelSpec(
+            c.PREPROCESS_MODEL,
+            (image,),
+            (pixel_values,),
+            max_batch_size=mbs,
+            batching=batching,
+            parameters={c.PARAM_MAX_PIXELS: str(options.max_pixels)},
+        ),
+        _graph_spec(c.VISION_MODEL, graph_meta[c.VISION_MODEL], options, batched=True),
+        *(_graph_spec(name, graph_meta[name], options, batched=False) for name in options.graph_models()[1:]),
+        ModelSpec(
+            c.CAPTION_MODEL,
+            (image_embeds,),
+            (caption_en,),
+            max_batch_size=mbs,
+            batching=batching,
+            parameters=generator_params,
+        ),
+        ModelSpec(
+            c.TRANSLATOR_MODEL,
+            (TensorSpec(c.TEXT_INPUT, "STRING", (1,)),),
+            (TensorSpec(c.TRANSLATION_OUTPUT, "STRING", (1,)),),
+            max_batch_size=mbs,
+            batching=batching,
+            parameters={
+                **generator_params,
+                c.PARAM_SRC_LANG: options.src_lang,
+                c.PARAM_MAX_SOURCE_TOKENS: str(options.max_source_tokens),
+            },
+        ),
+        ModelSpec(
+            c.ENGLISH_MODEL,
+            (image,),
+            (caption_en,),
+            backend="ensemble",
+            max_batch_size=mbs,
+            steps=tuple(preprocess),
+        ),
+        ModelSpec(
+            c.ARABIC_MODEL,
+            (image,),
+            (caption_en, TensorSpec(c.CAPTION_AR, "STRING", (1,))),
+            backend="ensemble",
+            max_batch_size=mbs,
+            steps=(*preprocess, translate),
+        ),
+    ]
+
+
+def graph_metadata(path: Path) -> dict:
+    """Names, element types and shapes of a graph's inputs and outputs, read from the ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    types = {
+        onnx.TensorProto.FLOAT: "FP32",
+        onnx.TensorProto.FLOAT16: "FP16",
+        onnx.TensorProto.BFLOAT16: "BF16",
+        onnx.TensorProto.INT64: "INT64",
+        onnx.TensorProto.INT32: "INT32",
+    }
+    initializers = {i.name for i in model.graph.initializer}
+    meta: dict = {"input_names": [], "output_names": [], "dtypes": {}, "shapes": {}}
+    for kind, values in (("input_names", model.graph.input), ("output_names", model.graph.output)):
+        for value in values:
+            if value.name in initializers:
+                continue
+            tensor = value.type.tensor_type
+            meta[kind].append(value.name)
+            meta["dtypes"][value.name] = types[tensor.elem_type]
+            meta["shapes"][value.name] = [
+                d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim
+            ]
+    return meta
+
+
+def runner_meta(model: str, meta: dict, file: Path) -> dict:
+    """What a generator needs to reach a graph: its model name (BLS), its file (in-process), its tensor names."""
+    return {
+        "model": model,
+        "file": file.as_posix(),
+        "input_names": meta["input_names"],
+        "output_names": meta["output_names"],
+    }
+
+
+def write_repository(
+    output: Path,
+    graphs: dict[str, Path],
+    assets: dict[str, Path],
+    settings: dict[str, dict],
+    image_size: tuple[int, int],
+    manifest: dict,
+    options: RepositoryOptions = RepositoryOptions(),
+) -> list[Path]:
+    """Write configs, adapters, graphs and assets; `assets` holds `processor`, `captioner_tokenizer`,
+    `translator_tokenizer` and optionally `translator_vocab`."""
+    options.validate()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    meta = {name: graph_metadata(graphs[name]) for name in GRAPH_MODELS}
+    written = []
+    for spec in model_specs(meta, image_size, options):
+        written.append(spec.write(output))
+        version = output / spec.name / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        if spec.backend == "python":
+            adapter = "onnx_graph" if spec.name in GRAPH_MODELS else spec.name
+            (version / "model.py").write_bytes(adapter_source(adapter))
+    files = {}  # graph -> its file, relative to the repository root
+    for name in GRAPH_MODELS:
+        if name in options.graph_models():
+            files[name] = Path(name) / "1" / "model.onnx"
+        else:
+            owner = next(model for model, roles in GENERATOR_GRAPHS.items() if name in roles.values())
+            files[name] = Path(owner) / "1" / f"{name}.onnx"
+        _copy_graph(graphs[name], output / files[name])
+    shutil.copy2(assets["processor"] / "preprocessor_config.json", output / contract.PREPROCESS_MODEL / "1")
+    for model, tokenizer, stage in (
+        (contract.CAPTION_MODEL, assets["captioner_tokenizer"], contract.CAPTION_STAGE),
+        (contract.TRANSLATOR_MODEL, assets["translator_tokenizer"], contract.TRANSLATION_STAGE),
+    ):
+        target = output / model / "1" / "tokenizer"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(tokenizer, target)
+        (output / model / "1" / "generation.json").write_text(json.dumps(settings[stage], indent=2) + "\n")
+    vocab = output / contract.TRANSLATOR_MODEL / "1" / "vocab.json"
+    vocab.unlink(missing_ok=True)
+    if "translator_vocab" in assets:  # opt-in trimmed decoder vocabulary (captioning/decoding/vocab.py)
+        shutil.copy2(assets["translator_vocab"], vocab)
+    for model, roles in GENERATOR_GRAPHS.items():
+        graphs_meta = {role: runner_meta(name, meta[name], files[name]) for role, name in roles.items()}
+        _write_json(output / model / "1" / "graphs.json", graphs_meta)
+    _write_json(output / "manifest.json", manifest)
+    LOG.info("wrote model repository %s (%d models)", output, len(written))
+    return written
+
+
+def adapter_source(name: str) -> bytes:
+    """A Triton adapter's `model.py`, read as package data so that non-editable installs find it too."""
+    resource = resources.files("captioning.backend") / "models" / name / "model.py"
+    if not resource.is_file():
+        raise FileNotFoundError(f"no Triton adapter {name!r} in captioning.backend (broken install?)")
+    return resource.read_bytes()
+
+
+def _copy_graph(source: Path, target: Path) -> None:
+    """Copy a graph as `model.onnx`; an external-data file keeps its name, which the graph refers to."""
+    from captioning.export.graphs import graph_files
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for path in graph_files(source):
+        shutil.copy2(path, target if path.suffix == ".onnx" else target.parent / path.name)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,65 @@
+"""`captioning serve` and `captioning demo`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
+DEFAULT_TRANSLATOR = "facebook/mbart-large-50-many-to-many-mmt"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from captioning.server.launcher import ServerOptions, serve_forever
+
+    repository = args.repository
+    if repository is None:
+        from captioning.server.demo import prepare_repository
+
+        repository, _, _ = prepare_repository(args.captioner, args.translator, Path(args.workdir))
+    return serve_forever(
+        ServerOptions(
+            repository=Path(repository),
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            log_verbose=args.log_verbose,
+        )
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from captioning.server.demo import DemoOptions, run_demo
+
+    return run_demo(
+        DemoOptions(
+            captioner=args.captioner,
+            translator=args.translator,
+            images=[Path(p) for p in args.images],
+            count=args.count,
+            workdir=Path(args.workdir),
+        )
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="run tritonserver on a model repository in the foreground")
+    serve.add_argument("--repository", help="a repository written by `captioning export`")
+    serve.add_argument("--captioner", default=DEFAULT_CAPTIONER, help="used without --repository")
+    serve.add_argument("--translator", default=DEFAULT_TRANSLATOR, help="used without --repository")
+    serve.add_argument(
+        "--workdir", default="build/demo", help="where repositories built from checkpoints are cached"
+    )
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--log-verbose", type=int, default=0)
+    serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser("demo", help="export, serve and caption a few images end to end")
+    demo.add_argument("--captioner", default=DEFAULT_CAPTIONER)
+    demo.add_argument("--translator", default=DEFAULT_TRANSLATOR)
+    demo.add_argument("--count", type=int, default=4, help="how many sample images")
+    demo.add_argument("--workdir", default="build/demo", help="where repositories are built and cached")
+    demo.add_argument("images", nargs="*", help="images to caption (default: shared Flickr8k samples)")
+    demo.set_defaults(func=_demo)

@@ -1,0 +1,248 @@
+"""Start and stop `tritonserver` from the nvidia-pytriton wheel on machines without a Triton container.
+
+The wheel ships the server binary, the Python backend and one backend stub per Python version; the stub has
+to sit beside `libtriton_python.so` in the backend directory the server is given, so we assemble that
+directory once per environment. Only the binary and the backend are used: the repository is a plain Triton
+model repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from captioning.runtime.cpu_slots import remove_server_slots
+
+LOG = logging.getLogger(__name__)
+
+
+class ServerError(RuntimeError):
+    """The server could not be started or did not become ready."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    repository: Path
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    log_verbose: int = 0
+    ready_timeout_s: float = 300.0
+    # Python-backend shared memory per model instance; KV caches pass through it on every BLS call.
+    shm_default_byte_size: int = 16 * 1024 * 1024
+    log_file: Path | None = None
+
+    @classmethod
+    def on_free_ports(cls, repository: Path, **kwargs) -> ServerOptions:
+        """Options for a server on three free loopback ports: what the demo, the bench and the tests run."""
+        return cls(
+            repository=Path(repository),
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            **kwargs,
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pytriton_dist() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        raise ServerError(
+            "nvidia-pytriton is not installed; it provides the tritonserver binary "
+            "(pip install 'bilingual-captioning[serving]')"
+        )
+    return Path(spec.origin).parent
+
+
+def server_layout() -> tuple[Path, Path, Path]:
+    """Return (tritonserver binary, backend directory, shared-library directory), building the backend dir."""
+    dist = _pytriton_dist()
+    binary = dist / "tritonserver" / "bin" / "tritonserver"
+    libs = dist.parent / "nvidia_pytriton.libs"
+    if not libs.is_dir():  # editable pytriton installs keep them inside the package
+        libs = dist / "tritonserver" / "external_libs"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise ServerError(f"nvidia-pytriton has no Python backend stub for Python {version}")
+    source = dist / "tritonserver" / "backends" / "python"
+    cache = Path(os.environ.get("CAPTIONING_CACHE", Path.home() / ".cache" / "captioning"))
+    backends = cache / f"triton-backends-py{version}-{_file_id(binary)}"
+    python_dir = backends / "python"
+    if not (python_dir / "triton_python_backend_stub").exists():
+        tmp = backends.with_name(backends.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "python").mkdir(parents=True)
+        for item in source.iterdir():
+            if item.is_file():
+                shutil.copy2(item, tmp / "python" / item.name)
+        shutil.copy2(stub, tmp / "python" / "triton_python_backend_stub")
+        shutil.rmtree(backends, ignore_errors=True)
+        os.replace(tmp, backends)
+    return binary, backends, libs
+
+
+def _file_id(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size:x}{int(stat.st_mtime):x}"
+
+
+def server_env(libs: Path) -> dict[str, str]:
+    """The stub embeds the system libpython; it must find this environment's `python3` and the wheel's libs."""
+    env = os.environ.copy()
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    # The embedded interpreter finds its prefix (and so a virtualenv's site-packages) from `python3` on PATH.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # One thread pool per model instance; the graph runners choose their own thread counts.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
+    binary, backends, libs = server_layout()
+    args = [
+        str(binary),
+        f"--model-repository={Path(options.repository).resolve()}",
+        f"--backend-directory={backends}",
+        f"--http-port={options.http_port}",
+        f"--grpc-port={options.grpc_port}",
+        f"--metrics-port={options.metrics_port}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        "--exit-on-error=true",
+        "--strict-readiness=true",
+        f"--log-verbose={options.log_verbose}",
+        f"--backend-config=python,shm-default-byte-size={options.shm_default_byte_size}",
+        "--backend-config=python,shm-growth-byte-size=16777216",
+    ]
+    return args, server_env(libs)
+
+
+class TritonServer:
+    """A running tritonserver process; a context manager that stops it on exit."""
+
+    def __init__(self, options: ServerOptions):
+        self.options = options
+        self.process: subprocess.Popen | None = None
+        self._log_handle = None
+
+    @property
+    def http_url(self) -> str:
+        return f"localhost:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"localhost:{self.options.grpc_port}"
+
+    def start(self) -> TritonServer:
+        if not Path(self.options.repository).is_dir():
+            raise ServerError(f"model repository {self.options.repository} does not exist")
+        args, env = command(self.options)
+        LOG.info("starting %s", " ".join(args))
+        stdout = None
+        if self.options.log_file is not None:
+            self._log_handle = open(self.options.log_file, "ab")  # noqa: SIM115 - lives as long as the server
+            stdout = self._log_handle
+        self.process = subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.STDOUT)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.options.ready_timeout_s
+        url = f"http://127.0.0.1:{self.options.http_port}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(
+                    f"tritonserver exited with code {self.process.returncode} before it was ready"
+                    + (f"; see {self.options.log_file}" if self.options.log_file else "")
+                )
+            with (
+                contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+                urllib.request.urlopen(url, timeout=2) as response,
+            ):
+                if response.status == 200:
+                    LOG.info("tritonserver ready (http %s, grpc %s)", self.http_url, self.grpc_url)
+                    return
+            time.sleep(0.5)
+        self.stop()
+        raise ServerError(f"tritonserver was not ready within {self.options.ready_timeout_s:.0f} s")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                LOG.warning("tritonserver did not stop within %.0f s; killing it", timeout_s)
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None:
+            remove_server_slots(self.process.pid)
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_server(options: ServerOptions) -> Iterator[TritonServer]:
+    with TritonServer(options) as server:
+        yield server
+
+
+def serve_forever(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
+    """Run in the foreground until SIGINT/SIGTERM; forward the signal so the server drains and exits.
+
+    The handler only forwards the signal: waiting inside it would deadlock with the main thread's wait.
+    """
+    server = TritonServer(options)
+    stop_requested: list[float] = []
+
+    def _handle(signum, _frame):
+        LOG.info("received signal %d, stopping tritonserver", signum)
+        stop_requested.append(time.monotonic())
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, _handle)
+    signal.signal(signal.SIGTERM, _handle)
+    server.start()
+    print(
+        f"tritonserver ready: gRPC localhost:{options.grpc_port}, HTTP localhost:{options.http_port}, "
+        f"metrics localhost:{options.metrics_port} (Ctrl-C stops it)",
+        flush=True,
+    )
+    assert server.process is not None
+    while server.process.poll() is None:
+        time.sleep(0.2)
+        if stop_requested and time.monotonic() - stop_requested[0] > drain_timeout_s:
+            LOG.warning("tritonserver did not stop within %.0f s; killing it", drain_timeout_s)
+            server.process.kill()
+            server.process.wait()
+    server.stop()
+    return 0 if stop_requested else server.process.returncode

@@ -1,0 +1,74 @@
+"""The generation stages against a fake decoder: grouping by settings, and one bad request failing alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from captioning.decoding import Overrides
+from captioning.runtime.stages import CaptionStage, TranslationStage
+from captioning.runtime.tokenization import TextCodec, TextTooLongError
+
+from fakes import SETTINGS, FakeDecoder, FakeEncoder, FakeTokenizer
+
+
+def _caption_stage(decoder: FakeDecoder) -> CaptionStage:
+    return CaptionStage(decoder=decoder, settings=SETTINGS, codec=TextCodec(FakeTokenizer()))
+
+
+def _embeds(count: int) -> list[np.ndarray]:
+    return [np.full((3, 4), i, dtype=np.float32) for i in range(count)]
+
+
+def test_requests_with_equal_settings_share_one_batch():
+    decoder = FakeDecoder()
+    options = [Overrides(), Overrides(num_beams=3), Overrides(), Overrides(num_beams=3), Overrides()]
+    results = _caption_stage(decoder).run(_embeds(5), options)
+    assert all(isinstance(r, str) and r for r in results)
+    assert sorted(decoder.batches) == [(2, 3), (3, 1)]
+
+
+def test_a_batch_gives_each_request_what_it_gets_alone():
+    embeds = _embeds(4)
+    batched = _caption_stage(FakeDecoder()).run(embeds, [Overrides()] * 4)
+    alone = [_caption_stage(FakeDecoder()).run([e], [Overrides()])[0] for e in embeds]
+    assert batched == alone
+    assert len(set(batched)) > 1  # the fake's rows really differ
+
+
+def test_a_failing_group_fails_only_its_requests():
+    decoder = FakeDecoder(fail_when_beams=3)
+    options = [Overrides(), Overrides(num_beams=3), Overrides()]
+    results = _caption_stage(decoder).run(_embeds(3), options)
+    assert isinstance(results[1], RuntimeError) and "decoder broke" in str(results[1])
+    assert isinstance(results[0], str) and isinstance(results[2], str)
+
+
+def test_bad_overrides_fail_alone():
+    results = _caption_stage(FakeDecoder()).run(
+        _embeds(3), [Overrides(), Overrides(max_new_tokens=0), Overrides()]
+    )
+    assert isinstance(results[1], ValueError) and "max_new_tokens" in str(results[1])
+    assert isinstance(results[0], str) and isinstance(results[2], str)
+
+
+def test_a_text_too_long_fails_alone():
+    stage = TranslationStage(
+        encoder=FakeEncoder(),
+        decoder=FakeDecoder(),
+        settings=SETTINGS,
+        codec=TextCodec(FakeTokenizer(), max_source_tokens=8),
+    )
+    results = stage.run(["a dog", "x" * 40, "a cat"], [Overrides()] * 3)
+    assert isinstance(results[1], TextTooLongError) and "limit is 8" in str(results[1])
+    assert isinstance(results[0], str) and isinstance(results[2], str)
+    assert results[0] != results[2]
+
+
+def test_stage_limits_come_from_the_settings():
+    assert _caption_stage(FakeDecoder()).max_new_tokens_limit == SETTINGS.max_length - 1
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_empty_and_single(count):
+    assert len(_caption_stage(FakeDecoder()).run(_embeds(count), [Overrides()] * count)) == count

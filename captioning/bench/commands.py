@@ -68,8 +68,6 @@ def _make_checkpoints(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from captioning.bench import checkpoints as bench_checkpoints
-
     defaults = BenchOptions()
     bench = subparsers.add_parser(
         "bench",
@@ -77,7 +75,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=run_doc(),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    models = bench.add_argument_group("checkpoints and inputs")
+    _add_inputs(bench.add_argument_group("checkpoints and inputs"), defaults)
+    _add_generation(
+        bench.add_argument_group("generation (fixed output lengths: min = max new tokens)"), defaults
+    )
+    _add_load(bench.add_argument_group("Triton load"), defaults)
+    bench.add_argument(
+        "--output-dir", type=Path, default=defaults.output_dir, help="results.json, plot, logs"
+    )
+    bench.add_argument("--no-baseline", action="store_true", help="skip the in-process PyTorch baseline")
+    bench.add_argument("--baseline-only", action="store_true", help="measure the PyTorch baseline alone")
+    bench.add_argument("--threads", type=int, default=0, help="baseline torch threads (0: all cores)")
+    bench.set_defaults(func=_bench)
+    _register_make_checkpoints(subparsers)
+
+
+def _add_inputs(models, defaults: BenchOptions) -> None:
     models.add_argument(
         "--captioner", type=Path, help="BLIP checkpoint dir (default: full-size bench checkpoints)"
     )
@@ -86,14 +99,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     models.add_argument("--images-dir", type=Path, default=defaults.images_dir, help="JPEGs to send")
     models.add_argument("--num-images", type=int, default=defaults.num_images, help="first N images, sorted")
-    gen = bench.add_argument_group("generation (fixed output lengths: min = max new tokens)")
+
+
+def _add_generation(gen, defaults: BenchOptions) -> None:
     gen.add_argument("--caption-num-beams", "--caption-beams", type=int, default=defaults.caption_num_beams)
     gen.add_argument("--caption-tokens", type=int, default=defaults.caption_tokens, help="new caption tokens")
     gen.add_argument(
         "--translation-num-beams", "--translation-beams", type=int, default=defaults.translation_num_beams
     )
     gen.add_argument("--translation-tokens", type=int, default=defaults.translation_tokens)
-    load = bench.add_argument_group("Triton load")
+
+
+def _add_load(load, defaults: BenchOptions) -> None:
     load.add_argument(
         "--repository",
         type=_repository,
@@ -135,13 +152,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     load.add_argument(
         "--timeout", type=float, default=defaults.timeout_s, help="seconds per perf_analyzer run"
     )
-    bench.add_argument(
-        "--output-dir", type=Path, default=defaults.output_dir, help="results.json, plot, logs"
-    )
-    bench.add_argument("--no-baseline", action="store_true", help="skip the in-process PyTorch baseline")
-    bench.add_argument("--baseline-only", action="store_true", help="measure the PyTorch baseline alone")
-    bench.add_argument("--threads", type=int, default=0, help="baseline torch threads (0: all cores)")
-    bench.set_defaults(func=_bench)
+
+
+def _register_make_checkpoints(subparsers: argparse._SubParsersAction) -> None:
+    from captioning.bench import checkpoints as bench_checkpoints
 
     make = subparsers.add_parser(
         "make-bench-checkpoints",

@@ -38,116 +38,130 @@ def _length_divisor(length: int, length_penalty: float) -> np.float32:
     return np.float32(length**length_penalty)
 
 
+class _Beams:
+    """The search state of B sources x num_beams hypotheses, in HF's array layout and arithmetic."""
+
+    def __init__(self, batch: int, s: GenerationSettings) -> None:
+        self.s, self.batch, self.nb = s, batch, s.num_beams
+        self.prompt_len = len(s.prompt_ids)
+        self.cur_len = self.prompt_len
+        self.eos = np.asarray(s.eos_token_ids, dtype=np.int64)
+        self.keep = max(2, 1 + len(s.eos_token_ids)) * self.nb
+        self.top_num_beam_mask = np.arange(self.keep) < self.nb
+        self.early_true = s.early_stopping is True
+        self.batch_offset = np.arange(batch, dtype=np.int64)[:, None] * self.nb
+        nb, max_length = self.nb, s.max_length
+        # The fill value never reaches the output: each hypothesis is cut to its own length at the end.
+        # (HF pads a batch with `pad_token_id or eos_token_id[0]`, i.e. EOS when pad is 0.)
+        self.running_sequences = np.full((batch, nb, max_length), s.pad_token_id, dtype=np.int64)
+        self.running_sequences[:, :, : self.prompt_len] = np.asarray(s.prompt_ids, dtype=np.int64)
+        self.sequences = self.running_sequences.copy()
+        self.running_beam_scores = np.zeros((batch, nb), dtype=np.float32)
+        self.running_beam_scores[:, 1:] = _NEG
+        self.beam_scores = np.full((batch, nb), _NEG, dtype=np.float32)
+        self.is_sent_finished = np.zeros((batch, nb), dtype=bool)
+        self.heuristic_unsatisfied = np.ones((batch, 1), dtype=bool)
+        self.running_beam_indices = np.full((batch, nb, max_length - self.prompt_len), -1, dtype=np.int32)
+        self.beam_indices = self.running_beam_indices.copy()
+
+    def identical(self) -> bool:
+        return _beams_identical(self.running_sequences, self.cur_len)
+
+    def inputs(self, shared: bool) -> np.ndarray:
+        """The running hypotheses as [rows, cur_len] token ids (one row per source when `shared`)."""
+        rows = self.running_sequences[:, :1] if shared else self.running_sequences
+        return rows[:, :, : self.cur_len].reshape(-1, self.cur_len)
+
+    def advance(self, log_probs: np.ndarray) -> np.ndarray:
+        """Steps b-f of HF's loop for [B x beams, V] processed log-probs; returns which candidates stopped."""
+        batch, nb, cur_len, prompt_len = self.batch, self.nb, self.cur_len, self.prompt_len
+        vocab = log_probs.shape[-1]
+        # b. accumulated scores; c. top-K continuations over all beams
+        log_probs = (log_probs.reshape(batch, nb, vocab) + self.running_beam_scores[:, :, None]).reshape(
+            batch, -1
+        )
+        topk_idx = topk_indices(log_probs, self.keep)
+        topk_log_probs = np.take_along_axis(log_probs, topk_idx, axis=1)
+        topk_beam, topk_ids = topk_idx // vocab, topk_idx % vocab
+        topk_running_sequences = _gather_beams(self.running_sequences, topk_beam)
+        topk_running_sequences[:, :, cur_len] = topk_ids
+        topk_running_beam_indices = _gather_beams(self.running_beam_indices, topk_beam)
+        topk_running_beam_indices[:, :, cur_len - prompt_len] = topk_beam + self.batch_offset
+        # d. which continuations stop (EOS or max_length)
+        hits = np.isin(topk_ids, self.eos) | (cur_len + 1 >= self.s.max_length)
+        # e. best non-finished beams continue
+        topk_running_log_probs = topk_log_probs + hits.astype(np.float32) * _NEG
+        nxt = topk_indices(topk_running_log_probs, nb)
+        self.running_sequences = _gather_beams(topk_running_sequences, nxt)
+        self.running_beam_scores = np.take_along_axis(topk_running_log_probs, nxt, axis=1)
+        self.running_beam_indices = _gather_beams(topk_running_beam_indices, nxt)
+        # f. admit finished candidates among the top num_beams into the finished set
+        just_finished = hits & self.top_num_beam_mask[None, :]
+        scores = topk_log_probs / _length_divisor(cur_len + 1 - prompt_len, self.s.length_penalty)
+        full = self.is_sent_finished.all(axis=-1, keepdims=True) & self.early_true
+        scores = scores + full.astype(np.float32) * _NEG
+        scores = scores + (~self.heuristic_unsatisfied).astype(np.float32) * _NEG
+        scores = scores + (~just_finished).astype(np.float32) * _NEG
+        merged_scores = np.concatenate([self.beam_scores, scores], axis=1)
+        best = topk_indices(merged_scores, nb)
+        self.sequences = _gather_beams(np.concatenate([self.sequences, topk_running_sequences], axis=1), best)
+        self.beam_scores = np.take_along_axis(merged_scores, best, axis=1)
+        merged_indices = np.concatenate([self.beam_indices, topk_running_beam_indices], axis=1)
+        self.beam_indices = _gather_beams(merged_indices, best)
+        merged_finished = np.concatenate([self.is_sent_finished, just_finished], axis=1)
+        self.is_sent_finished = np.take_along_axis(merged_finished, best, axis=1)
+        return hits
+
+    def parents(self) -> np.ndarray:
+        """g. the cache row each surviving beam continues (flat, source-major)."""
+        return self.running_beam_indices[:, :, self.cur_len - self.prompt_len].reshape(-1)
+
+    def keep_going(self, hits: np.ndarray) -> bool:
+        """Move to the next position and apply HF's stopping rules."""
+        self.cur_len += 1
+        s, lp = self.s, self.s.length_penalty
+        never = s.early_stopping == "never" and lp > 0.0
+        best_length = (s.max_length if never else self.cur_len) - self.prompt_len
+        best_running = self.running_beam_scores[:, :1] / _length_divisor(best_length, lp)
+        worst_finished = np.where(self.is_sent_finished, self.beam_scores.min(axis=1, keepdims=True), _NEG)
+        improvable = (best_running > worst_finished).any(axis=-1, keepdims=True)
+        self.heuristic_unsatisfied = self.heuristic_unsatisfied & improvable
+        exists_open_beam = not (self.is_sent_finished.all() and self.early_true)
+        return bool(self.heuristic_unsatisfied.any()) and exists_open_beam and not hits.all()
+
+    def best(self) -> list[list[int]]:
+        """Best hypothesis per item; its generated length is the count of recorded beam indices."""
+        generated = (self.beam_indices[:, 0, :] != -1).sum(axis=1)
+        return [
+            self.sequences[b, 0, : self.prompt_len + int(generated[b])].tolist() for b in range(self.batch)
+        ]
+
+
 def beam_search(
     decoder: Decoder,
     encoder_hidden_states: np.ndarray,
     encoder_attention_mask: np.ndarray,
     s: GenerationSettings,
 ) -> list[list[int]]:
-    batch = encoder_hidden_states.shape[0]
-    nb = s.num_beams
-    prompt_len = len(s.prompt_ids)
-    max_length = s.max_length
-    eos = np.asarray(s.eos_token_ids, dtype=np.int64)
-    keep = max(2, 1 + len(s.eos_token_ids)) * nb
-    top_num_beam_mask = np.arange(keep) < nb
-    lp = s.length_penalty
-    early_true = s.early_stopping is True
-
-    # The fill value never reaches the output: each hypothesis is cut to its own length at the end.
-    # (HF pads a batch with `pad_token_id or eos_token_id[0]`, i.e. EOS when pad is 0.)
-    running_sequences = np.full((batch, nb, max_length), s.pad_token_id, dtype=np.int64)
-    running_sequences[:, :, :prompt_len] = np.asarray(s.prompt_ids, dtype=np.int64)
-    sequences = running_sequences.copy()
-    running_beam_scores = np.zeros((batch, nb), dtype=np.float32)
-    running_beam_scores[:, 1:] = _NEG
-    beam_scores = np.full((batch, nb), _NEG, dtype=np.float32)
-    is_sent_finished = np.zeros((batch, nb), dtype=bool)
-    heuristic_unsatisfied = np.ones((batch, 1), dtype=bool)
-    running_beam_indices = np.full((batch, nb, max_length - prompt_len), -1, dtype=np.int32)
-    beam_indices = running_beam_indices.copy()
-
-    session = decoder.start(encoder_hidden_states, encoder_attention_mask, nb)
+    beams = _Beams(encoder_hidden_states.shape[0], s)
+    session = decoder.start(encoder_hidden_states, encoder_attention_mask, s.num_beams)
     first = True
-    batch_offset = np.arange(batch, dtype=np.int64)[:, None] * nb
-    cur_len = prompt_len
     while True:
         # a. forward the running beams (whole prompt first, then only the newest token). While every source's
         # beams hold the same tokens (the prompt; a forced BOS), one row per source stands for all of them:
-        # the cache shrinks to B rows here and grows back to B x beams in step g's reorder.
-        shared = _beams_identical(running_sequences, cur_len)
+        # the cache shrinks to B rows here and grows back to B x beams in the reorder below.
+        shared = beams.identical()
         if shared:
-            session.reorder(batch_offset[:, 0])
-        rows = running_sequences[:, :1] if shared else running_sequences
-        flat = rows[:, :, :cur_len].reshape(-1, cur_len)
+            session.reorder(beams.batch_offset[:, 0])
+        flat = beams.inputs(shared)
         logits = session.step(flat if first else flat[:, -1:])
         first = False
-        vocab = logits.shape[-1]
-
-        # b. log-probs, processors, accumulated scores
         log_probs = beam_log_probs(s, flat, logits)
-        if shared:
-            log_probs = np.repeat(log_probs, nb, axis=0)
-        log_probs = log_probs.reshape(batch, nb, vocab) + running_beam_scores[:, :, None]
-        log_probs = log_probs.reshape(batch, nb * vocab)
-
-        # c. top-K continuations over all beams
-        topk_idx = topk_indices(log_probs, keep)
-        topk_log_probs = np.take_along_axis(log_probs, topk_idx, axis=1)
-        topk_beam = topk_idx // vocab
-        topk_ids = topk_idx % vocab
-        topk_running_sequences = _gather_beams(running_sequences, topk_beam)
-        topk_running_sequences[:, :, cur_len] = topk_ids
-        topk_running_beam_indices = _gather_beams(running_beam_indices, topk_beam)
-        topk_running_beam_indices[:, :, cur_len - prompt_len] = topk_beam + batch_offset
-
-        # d. which continuations stop (EOS or max_length)
-        hits = np.isin(topk_ids, eos) | (cur_len + 1 >= max_length)
-
-        # e. best non-finished beams continue
-        topk_running_log_probs = topk_log_probs + hits.astype(np.float32) * _NEG
-        nxt = topk_indices(topk_running_log_probs, nb)
-        running_sequences = _gather_beams(topk_running_sequences, nxt)
-        running_beam_scores = np.take_along_axis(topk_running_log_probs, nxt, axis=1)
-        running_beam_indices = _gather_beams(topk_running_beam_indices, nxt)
-
-        # f. admit finished candidates among the top num_beams into the finished set
-        just_finished = hits & top_num_beam_mask[None, :]
-        scores = topk_log_probs / _length_divisor(cur_len + 1 - prompt_len, lp)
-        full = is_sent_finished.all(axis=-1, keepdims=True) & early_true
-        scores = scores + full.astype(np.float32) * _NEG
-        scores = scores + (~heuristic_unsatisfied).astype(np.float32) * _NEG
-        scores = scores + (~just_finished).astype(np.float32) * _NEG
-        merged_scores = np.concatenate([beam_scores, scores], axis=1)
-        best = topk_indices(merged_scores, nb)
-        sequences = _gather_beams(np.concatenate([sequences, topk_running_sequences], axis=1), best)
-        beam_scores = np.take_along_axis(merged_scores, best, axis=1)
-        beam_indices = _gather_beams(np.concatenate([beam_indices, topk_running_beam_indices], axis=1), best)
-        is_sent_finished = np.take_along_axis(
-            np.concatenate([is_sent_finished, just_finished], axis=1), best, axis=1
-        )
-
-        # g. reorder the cache for the surviving beams, then decide whether to go on
-        beam_idx = running_beam_indices[:, :, cur_len - prompt_len].reshape(-1)
-        # (after a shared step the cache has one row per source: row b // nb stands for every beam of b)
-        session.reorder(beam_idx // nb if shared else beam_idx)
-        cur_len += 1
-
-        if s.early_stopping == "never" and lp > 0.0:
-            best_length = max_length - prompt_len
-        else:
-            best_length = cur_len - prompt_len
-        best_running = running_beam_scores[:, :1] / _length_divisor(best_length, lp)
-        worst_finished = np.where(is_sent_finished, beam_scores.min(axis=1, keepdims=True), _NEG)
-        heuristic_unsatisfied = heuristic_unsatisfied & (best_running > worst_finished).any(
-            axis=-1, keepdims=True
-        )
-        improvement_possible = heuristic_unsatisfied.any()
-        exists_open_beam = not (is_sent_finished.all() and early_true)
-        valid_continuations = not hits.all()
-        if not (improvement_possible and exists_open_beam and valid_continuations):
+        hits = beams.advance(np.repeat(log_probs, s.num_beams, axis=0) if shared else log_probs)
+        # g. reorder the cache for the surviving beams (after a shared step the cache has one row per
+        # source: row b // num_beams stands for every beam of b), then decide whether to go on
+        parents = beams.parents()
+        session.reorder(parents // s.num_beams if shared else parents)
+        if not beams.keep_going(hits):
             break
-
-    # Best hypothesis per item; its generated length is the count of recorded beam indices.
-    generated = (beam_indices[:, 0, :] != -1).sum(axis=1)
-    return [sequences[b, 0, : prompt_len + int(generated[b])].tolist() for b in range(batch)]
+    return beams.best()

@@ -164,12 +164,7 @@ class GenerationSettings:
         missing ones fall back to the config like HF does (pad defaults to the first EOS).
         Raises ValueError for any config field whose effect we do not reproduce.
         """
-        for name, harmless in _UNSUPPORTED_HF_FIELDS.items():
-            value = overrides.get(name, getattr(generation_config, name, None))
-            if not harmless(value):
-                raise ValueError(f"unsupported generation setting {name}={value!r}")
-        for name in _UNSUPPORTED_HF_FIELDS:
-            overrides.pop(name, None)
+        _refuse_unsupported(generation_config, overrides)
 
         def pick(name: str, default: Any = None) -> Any:
             value = overrides.pop(name, getattr(generation_config, name, None))
@@ -178,12 +173,7 @@ class GenerationSettings:
         prompt = _as_id_tuple(prompt_ids)
         hf_eos = overrides.pop("eos_token_id", generation_config.eos_token_id)
         eos = _as_id_tuple(eos_token_ids if eos_token_ids is not None else hf_eos)
-        if pad_token_id is None:
-            pad_token_id = generation_config.pad_token_id
-        if pad_token_id is None:
-            if not eos:
-                raise ValueError("pad_token_id is required when there is no eos_token_id")
-            pad_token_id = eos[0]
+        pad_token_id = _pad_id(pad_token_id, generation_config.pad_token_id, eos)
         max_new_tokens = pick("max_new_tokens")
         if max_length is None:
             max_length = pick("max_length", 20)
@@ -249,6 +239,26 @@ class Overrides:
     num_beams: int | None = None
     max_new_tokens: int | None = None
     min_new_tokens: int | None = None  # equal to max_new_tokens fixes output lengths (benchmarks)
+
+
+def _refuse_unsupported(generation_config: Any, overrides: dict[str, Any]) -> None:
+    """Raise for a config field whose effect we do not reproduce; drop the harmless ones from `overrides`."""
+    for name, harmless in _UNSUPPORTED_HF_FIELDS.items():
+        value = overrides.get(name, getattr(generation_config, name, None))
+        if not harmless(value):
+            raise ValueError(f"unsupported generation setting {name}={value!r}")
+    for name in _UNSUPPORTED_HF_FIELDS:
+        overrides.pop(name, None)
+
+
+def _pad_id(given: int | None, configured: int | None, eos: tuple[int, ...]) -> int:
+    """HF's fallback: the given pad id, else the config's, else the first EOS."""
+    pad = given if given is not None else configured
+    if pad is None:
+        if not eos:
+            raise ValueError("pad_token_id is required when there is no eos_token_id")
+        pad = eos[0]
+    return int(pad)
 
 
 def _positive(name: str, value: Any) -> int:

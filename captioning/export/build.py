@@ -108,13 +108,7 @@ def build_repository(
     captioner: str | Path, translator: str | Path, output: Path, options: BuildOptions = BuildOptions()
 ) -> Path:
     """Export, validate and lay out everything; the repository appears only once all of it succeeded."""
-    from transformers import (
-        AutoTokenizer,
-        BlipProcessor,
-    )
-
-    from captioning.export.graphs import ExportOptions, export_models, load_captioner, load_translator
-    from captioning.runtime.tokenization import spm_protobuf_compat
+    from captioning.export.graphs import load_captioner, load_translator
 
     options.validate_options()
     output = Path(output)
@@ -126,12 +120,7 @@ def build_repository(
         # Loaded once: the same models give the graphs and the generation settings.
         blip = load_captioner(captioner)
         mbart = load_translator(translator)
-        LOG.info("reading generation settings and tokenizers")
-        processor = BlipProcessor.from_pretrained(str(captioner))
-        processor.save_pretrained(work / "processor")
-        with spm_protobuf_compat():
-            tokenizer = AutoTokenizer.from_pretrained(str(translator), src_lang=options.source_lang)
-        tokenizer.save_pretrained(work / "translator_tokenizer")
+        assets, image_size, tokenizer = _save_assets(captioner, translator, work, options)
         caption = caption_settings(blip, options.max_length).with_overrides(options.caption)
         translation = translation_settings(mbart, tokenizer, options.target_lang, options.max_length)
         translation = translation.with_overrides(options.translation)
@@ -139,26 +128,11 @@ def build_repository(
             contract.CAPTION_STAGE: caption.to_dict(),
             contract.TRANSLATION_STAGE: translation.to_dict(),
         }
-        assets = {
-            "processor": work / "processor",
-            "captioner_tokenizer": work / "processor",
-            "translator_tokenizer": work / "translator_tokenizer",
-        }
         vocab = None
         if options.translator_vocab is not None:
             vocab = _trim_translator(mbart, options.translator_vocab, translation)
             assets["translator_vocab"] = vocab.save(work / "vocab.json")
-        graphs = export_models(
-            blip,
-            mbart,
-            work / "graphs",
-            ExportOptions(validate=options.validate, progress=options.progress),
-        ).paths
-        if options.precision == "int8":
-            from captioning.export.quantize import quantize_graphs
-
-            graphs = quantize_graphs(graphs, work / "int8", progress=options.progress)
-        image_size = processor.image_processor.size
+        graphs = _export_graphs(blip, mbart, work, options)
         manifest = {
             "captioner": str(captioner),
             "translator": str(translator),
@@ -171,26 +145,51 @@ def build_repository(
             "created": started.isoformat(timespec="seconds"),
             "versions": _versions(),
         }
-        staging = work / "repository"
-        write_repository(
-            staging,
-            graphs,
-            assets,
-            settings,
-            (int(image_size["height"]), int(image_size["width"])),
-            manifest,
-            dataclasses.replace(
-                options.repository,
-                src_lang=options.source_lang,
-                # Longer text would index past mBART's learned positions.
-                max_source_tokens=min(
-                    options.repository.max_source_tokens, mbart.config.max_position_embeddings
-                ),
-            ),
+        repository = dataclasses.replace(
+            options.repository,
+            src_lang=options.source_lang,
+            # Longer text would index past mBART's learned positions.
+            max_source_tokens=min(options.repository.max_source_tokens, mbart.config.max_position_embeddings),
         )
+        staging = work / "repository"
+        write_repository(staging, graphs, assets, settings, image_size, manifest, repository)
         if output.exists():
             shutil.rmtree(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging), str(output))
     LOG.info("model repository ready: %s", output)
     return output
+
+
+def _save_assets(captioner, translator, work: Path, options: BuildOptions):
+    """The processor and both tokenizers as the repository will hold them; returns (assets, image size,
+    translator tokenizer)."""
+    from transformers import AutoTokenizer, BlipProcessor
+
+    from captioning.runtime.tokenization import spm_protobuf_compat
+
+    LOG.info("reading generation settings and tokenizers")
+    processor = BlipProcessor.from_pretrained(str(captioner))
+    processor.save_pretrained(work / "processor")
+    with spm_protobuf_compat():
+        tokenizer = AutoTokenizer.from_pretrained(str(translator), src_lang=options.source_lang)
+    tokenizer.save_pretrained(work / "translator_tokenizer")
+    assets = {
+        "processor": work / "processor",
+        "captioner_tokenizer": work / "processor",
+        "translator_tokenizer": work / "translator_tokenizer",
+    }
+    size = processor.image_processor.size
+    return assets, (int(size["height"]), int(size["width"])), tokenizer
+
+
+def _export_graphs(blip, mbart, work: Path, options: BuildOptions) -> dict[str, Path]:
+    from captioning.export.graphs import ExportOptions, export_models
+
+    export = ExportOptions(validate=options.validate, progress=options.progress)
+    graphs = export_models(blip, mbart, work / "graphs", export).paths
+    if options.precision == "int8":
+        from captioning.export.quantize import quantize_graphs
+
+        graphs = quantize_graphs(graphs, work / "int8", progress=options.progress)
+    return graphs

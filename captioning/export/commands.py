@@ -70,6 +70,11 @@ def _overrides(args: argparse.Namespace, stage: str):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_export(sub)
+    _register_trim_vocab(sub)
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="build a servable Triton model repository from two checkpoints")
     export.add_argument(
         "--captioner", required=True, help="BlipForConditionalGeneration: hub id or local dir"
@@ -95,6 +100,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generators run their graphs in-process (fast on CPU) or call the graph models through Triton "
         "(bls: for GPU nodes with native backends)",
     )
+    _add_stage_defaults(export)
+    _add_serving_layout(export)
+    export.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "int8"],
+        help="fp32: token-exact with generate(); int8: opt-in dynamic quantisation, faster, not exact",
+    )
+    export.add_argument(
+        "--translator-vocab",
+        help="opt-in: a `captioning trim-vocab` file; the translator's decoder keeps only those target "
+        "tokens (faster, not token-exact)",
+    )
+    export.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    export.add_argument("--no-progress", action="store_true")
+    export.set_defaults(func=_export)
+
+
+def _add_stage_defaults(export: argparse.ArgumentParser) -> None:
     for stage in (contract.CAPTION_STAGE, contract.TRANSLATION_STAGE):
         group = export.add_argument_group(f"{stage} defaults (override the checkpoint's generation config)")
         group.add_argument(f"--{stage}-num-beams", f"--{stage}-beams", type=int, help="default beam width")
@@ -104,6 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             type=int,
             help="no end token before this many (fixes lengths for benchmarks)",
         )
+
+
+def _add_serving_layout(export: argparse.ArgumentParser) -> None:
     export.add_argument(
         "--intra-op-threads",
         type=int,
@@ -125,21 +152,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="MODEL=COUNT",
         help="model instances of one model (repeatable), e.g. translator=2 blip_vision=2",
     )
-    export.add_argument(
-        "--precision",
-        default="fp32",
-        choices=["fp32", "int8"],
-        help="fp32: token-exact with generate(); int8: opt-in dynamic quantisation, faster, not exact",
-    )
-    export.add_argument(
-        "--translator-vocab",
-        help="opt-in: a `captioning trim-vocab` file; the translator's decoder keeps only those target "
-        "tokens (faster, not token-exact)",
-    )
-    export.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    export.add_argument("--no-progress", action="store_true")
-    export.set_defaults(func=_export)
 
+
+def _register_trim_vocab(sub: argparse._SubParsersAction) -> None:
     trim = sub.add_parser(
         "trim-vocab",
         help="list the target tokens a corpus uses, for `captioning export --translator-vocab`",

@@ -170,6 +170,16 @@ def _specs(
                 c.PARAM_MAX_SOURCE_TOKENS: str(options.max_source_tokens),
             },
         ),
+        *_ensembles(image, caption_en, mbs, preprocess, translate),
+    ]
+
+
+def _ensembles(
+    image: TensorSpec, caption_en: TensorSpec, mbs: int, preprocess: list, translate
+) -> list[ModelSpec]:
+    """The public models: English captions alone, and with their Arabic translation."""
+    c = contract
+    return [
         ModelSpec(
             c.ENGLISH_MODEL,
             (image,),

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from captioning import contract
+
 if TYPE_CHECKING:
-    from captioning.bench.run import BenchOptions
+    from captioning.bench.options import BenchOptions
 
 LOG = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class Baseline:
         self.processor = BlipProcessor.from_pretrained(captioner)
         self.blip = BlipForConditionalGeneration.from_pretrained(captioner).eval()
         with spm_protobuf_compat():
-            self.tokenizer = AutoTokenizer.from_pretrained(translator, src_lang="en_XX")
+            self.tokenizer = AutoTokenizer.from_pretrained(translator, src_lang=contract.SOURCE_LANG)
         self.mbart = MBartForConditionalGeneration.from_pretrained(translator).eval()
         self.caption_kw = {
             "num_beams": options.caption_num_beams,
@@ -51,7 +53,7 @@ class Baseline:
             "num_beams": options.translation_num_beams,
             "min_new_tokens": options.translation_tokens,
             "max_new_tokens": options.translation_tokens,
-            "forced_bos_token_id": self.tokenizer.convert_tokens_to_ids("ar_AR"),
+            "forced_bos_token_id": self.tokenizer.convert_tokens_to_ids(contract.TARGET_LANG),
         }
         self.passes: list[dict] = []
         self.latencies: list[float] = []

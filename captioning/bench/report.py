@@ -10,6 +10,8 @@ import platform
 import statistics
 from pathlib import Path
 
+from captioning import contract
+
 # ------------------------------------------------------------------------------------------ summaries
 
 
@@ -225,7 +227,7 @@ def plot(results: dict, path: Path) -> Path:
     labels = sorted({run["label"] for run in results["runs"]})
     for label in labels:
         points = sorted(
-            (r for r in results["runs"] if r["label"] == label and r["model"] == "arabic_caption"),
+            (r for r in results["runs"] if r["label"] == label and r["model"] == contract.ARABIC_MODEL),
             key=lambda r: r["concurrency"],
         )
         xs = [r["p50_ms"]["median"] / 1000 for r in points]

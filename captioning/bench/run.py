@@ -41,14 +41,11 @@ def load_images(options: BenchOptions) -> list[tuple[str, bytes]]:
 
 def caption_texts(options: BenchOptions, names: list[str]) -> list[str]:
     """Real Flickr8k captions (the first per image) as the translator's input data."""
-    from captioning.testing.fixtures import flickr_captions
+    from captioning.datasets import read_captions
 
-    pairs = flickr_captions(Path(options.images_dir).parent.parent)
-    first: dict[str, str] = {}
-    for name, caption in pairs:
-        first.setdefault(name, caption)
-    texts = [first[n] for n in names if n in first]
-    return texts or [caption for _, caption in pairs[: len(names)]]
+    captions = read_captions(Path(options.images_dir).parent / "captions.txt")
+    texts = [captions[n][0] for n in names if captions.get(n)]
+    return texts or [first for first, *_ in list(captions.values())[: len(names)]]
 
 
 def resolve_checkpoints(options: BenchOptions) -> tuple[Path, Path]:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from captioning import contract
 from captioning.contract import BLIP_CROSS_KV, BLIP_TEXT_DECODER
 
 from .specs import vision_spec
@@ -52,9 +53,9 @@ def vision_job(model: nn.Module, seed: int = 0) -> ExportJob:
         def reference() -> dict[str, np.ndarray]:
             with torch.no_grad():
                 out = model.vision_model(pixel_values=torch.from_numpy(pixels)).last_hidden_state
-            return {"image_embeds": out.numpy()}
+            return {contract.IMAGE_EMBEDS: out.numpy()}
 
-        return ValidationCase(f"batch={batch}", {"pixel_values": pixels}, reference)
+        return ValidationCase(f"batch={batch}", {contract.PIXEL_VALUES: pixels}, reference)
 
     example = (torch.from_numpy(rng.standard_normal((2, 3, size, size), dtype=np.float32)),)
     return ExportJob(vision_spec(), wrapper, example, [case(1), case(3)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from captioning import contract
 from captioning.contract import MBART_ENCODER, VISION_MODEL
 
 DEFAULT_ATOL = 1e-4
@@ -48,9 +49,9 @@ def vision_spec(atol: float = DEFAULT_ATOL) -> GraphSpec:
     # The image side stays static: BLIP's position embeddings fix it to the checkpoint's image_size.
     return GraphSpec(
         name=VISION_MODEL,
-        input_names=("pixel_values",),
-        output_names=("image_embeds",),
-        dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
+        input_names=(contract.PIXEL_VALUES,),
+        output_names=(contract.IMAGE_EMBEDS,),
+        dynamic_axes={contract.PIXEL_VALUES: {0: "batch"}, contract.IMAGE_EMBEDS: {0: "batch"}},
         atol=atol,
     )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from captioning import contract
 from captioning.decoding.vocab import VocabMap
 
 LOG = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def kept_token_ids(
 
 
 def derive_vocab(
-    translator: str | Path, corpus: TrimCorpus, target_lang: str = "ar_AR", pad_to: int = 0
+    translator: str | Path, corpus: TrimCorpus, target_lang: str = contract.TARGET_LANG, pad_to: int = 0
 ) -> VocabMap:
     from transformers import AutoConfig, AutoTokenizer
 

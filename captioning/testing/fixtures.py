@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from captioning import contract
 from captioning.datasets import PROJECT_ROOT, default_data_dir
 from captioning.runtime.tokenization import spm_protobuf_compat
 
@@ -27,7 +28,7 @@ BLIP_IMAGE_SIZE = 96
 BLIP_PATCH_SIZE = 16
 BLIP_BOS, BLIP_ENC = "[DEC]", "[ENC]"
 
-MBART_SRC_LANG, MBART_TGT_LANG = "en_XX", "ar_AR"
+MBART_SRC_LANG, MBART_TGT_LANG = contract.SOURCE_LANG, contract.TARGET_LANG
 SPM_VOCAB_SIZE = 4000
 
 # Logit shaping, in units of the unscaled logit (std ~1.6 with these init ranges). The LayerNorm that

@@ -147,6 +147,110 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+@dataclasses.dataclass
+class _Learner:
+    """The decoder being trained with what its updates need."""
+
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]  # the trainable ones (frozen GloVe embeddings are not)
+    optimizer: torch.optim.Optimizer
+    alpha_c: float  # attention regularisation weight; 0 for the merge model
+
+
+def _learner(
+    model_options: ModelOptions, options: TrainOptions, vocab: Vocab, features: int, glove=None
+) -> _Learner:
+    """A seeded fresh decoder, with the GloVe vectors frozen in if given, and its Adam optimizer."""
+    torch.manual_seed(options.seed)
+    model = build_model(model_options, len(vocab), features)
+    if glove is not None:
+        if model_options.model != "attention":
+            model.embed.weight.data.copy_(glove)
+            model.embed.weight.requires_grad_(False)
+        else:
+            model.set_embeddings(glove)
+    params = [p for p in model.parameters() if p.requires_grad]
+    LOG.info("%s model: %d trainable parameters", model_options.model, sum(p.numel() for p in params))
+    optimizer = torch.optim.Adam(params, lr=options.lr)
+    alpha_c = options.alpha_c if model_options.model == "attention" else 0.0
+    return _Learner(model, params, optimizer, alpha_c)
+
+
+def _train_epoch(
+    learner: _Learner, train_set: CaptionSet, vocab: Vocab, options: TrainOptions, epoch: int
+) -> float:
+    """One pass over the training images; the mean cross-entropy per word of its batches."""
+    from tqdm import tqdm
+
+    model, optimizer = learner.model, learner.optimizer
+    model.train()
+    total, steps = 0.0, 0
+    bar = tqdm(
+        batches(train_set, vocab, options, shuffle=True, epoch=epoch),
+        total=math.ceil(len(train_set.names) / options.batch_size),
+        desc=f"epoch {epoch}/{options.epochs}",
+        disable=not options.progress,
+    )
+    for features, rows, inputs, targets, mask in bar:
+        loss, cross_entropy = caption_loss(model, features, rows, inputs, targets, mask, learner.alpha_c)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(learner.params, options.clip)
+        optimizer.step()
+        total, steps = total + float(cross_entropy), steps + 1
+        bar.set_postfix(loss=f"{total / steps:.3f}")
+    return total / steps
+
+
+def _epoch_record(
+    model,
+    dev_set: CaptionSet,
+    vocab: Vocab,
+    options: TrainOptions,
+    epoch: int,
+    train_loss: float,
+    started: float,
+) -> dict:
+    """The epoch's history entry: train and dev loss, dev BLEU, a sample caption, and its duration."""
+    record = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "dev_loss": dev_loss(model, dev_set, vocab, options),
+    }
+    hyps = caption_all(model, dev_set, vocab, options.beam, options.max_len, options.bleu_images)
+    record["dev_bleu"] = bleu(hyps, dev_set.captions[: len(hyps)])
+    record["sample"] = {"image": dev_set.names[0], "caption": hyps[0]}
+    record["seconds"] = round(time.monotonic() - started, 1)
+    LOG.info(
+        "epoch %d: train loss %.3f, dev loss %.3f, dev %s; %s: %r",
+        epoch,
+        record["train_loss"],
+        record["dev_loss"],
+        record["dev_bleu"],
+        record["sample"]["image"],
+        record["sample"]["caption"],
+    )
+    return record
+
+
+def _out_of_time(options: TrainOptions, begun: float, record: dict) -> bool:
+    """Whether another epoch as long as this one would end past `--time-limit` (never after the last one)."""
+    elapsed = (time.monotonic() - begun) / 60
+    if (
+        options.time_limit
+        and elapsed + record["seconds"] / 60 > options.time_limit
+        and record["epoch"] < options.epochs
+    ):
+        LOG.info(
+            "stopping after epoch %d: %.1f min spent of the %.1f-min limit",
+            record["epoch"],
+            elapsed,
+            options.time_limit,
+        )
+        return True
+    return False
+
+
 def train(
     train_set: CaptionSet,
     dev_set: CaptionSet,
@@ -158,76 +262,21 @@ def train(
     glove=None,
 ) -> dict:
     """Trains, keeps the best decoder (by dev BLEU-4, or dev loss when BLEU is unavailable) in `output`."""
-    from tqdm import tqdm
-
-    torch.manual_seed(options.seed)
-    model = build_model(model_options, len(vocab), train_set.features.shape[-1])
-    if glove is not None:
-        if model_options.model != "attention":
-            model.embed.weight.data.copy_(glove)
-            model.embed.weight.requires_grad_(False)
-        else:
-            model.set_embeddings(glove)
-    params = [p for p in model.parameters() if p.requires_grad]
-    LOG.info("%s model: %d trainable parameters", model_options.model, sum(p.numel() for p in params))
-    optimizer = torch.optim.Adam(params, lr=options.lr)
-    alpha_c = options.alpha_c if model_options.model == "attention" else 0.0
+    learner = _learner(model_options, options, vocab, train_set.features.shape[-1], glove)
+    model = learner.model
     history, best, begun = [], None, time.monotonic()
     for epoch in range(1, options.epochs + 1):
         started = time.monotonic()
-        model.train()
-        total, steps = 0.0, 0
-        bar = tqdm(
-            batches(train_set, vocab, options, shuffle=True, epoch=epoch),
-            total=math.ceil(len(train_set.names) / options.batch_size),
-            desc=f"epoch {epoch}/{options.epochs}",
-            disable=not options.progress,
-        )
-        for features, rows, inputs, targets, mask in bar:
-            loss, cross_entropy = caption_loss(model, features, rows, inputs, targets, mask, alpha_c)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, options.clip)
-            optimizer.step()
-            total, steps = total + float(cross_entropy), steps + 1
-            bar.set_postfix(loss=f"{total / steps:.3f}")
-        record = {
-            "epoch": epoch,
-            "train_loss": total / steps,
-            "dev_loss": dev_loss(model, dev_set, vocab, options),
-        }
-        hyps = caption_all(model, dev_set, vocab, options.beam, options.max_len, options.bleu_images)
-        record["dev_bleu"] = bleu(hyps, dev_set.captions[: len(hyps)])
-        record["sample"] = {"image": dev_set.names[0], "caption": hyps[0]}
-        record["seconds"] = round(time.monotonic() - started, 1)
+        train_loss = _train_epoch(learner, train_set, vocab, options, epoch)
+        record = _epoch_record(model, dev_set, vocab, options, epoch, train_loss, started)
         history.append(record)
         key = record["dev_bleu"]["BLEU-4"] if record["dev_bleu"] else -record["dev_loss"]
-        LOG.info(
-            "epoch %d: train loss %.3f, dev loss %.3f, dev %s; %s: %r",
-            epoch,
-            record["train_loss"],
-            record["dev_loss"],
-            record["dev_bleu"],
-            record["sample"]["image"],
-            record["sample"]["caption"],
-        )
         if best is None or key > best[0]:
             best = (key, epoch)
             save_decoder(model, output, {**config, "epoch": epoch})
             LOG.info("epoch %d is the best so far; saved to %s", epoch, output)
         plot_curves(history, output / "loss_curve.png")
-        elapsed = (time.monotonic() - begun) / 60
-        if (
-            options.time_limit
-            and elapsed + record["seconds"] / 60 > options.time_limit
-            and epoch < options.epochs
-        ):
-            LOG.info(
-                "stopping after epoch %d: %.1f min spent of the %.1f-min limit",
-                epoch,
-                elapsed,
-                options.time_limit,
-            )
+        if _out_of_time(options, begun, record):
             break
     return {
         "history": history,

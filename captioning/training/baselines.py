@@ -13,12 +13,24 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: `captioning --help` must not import torch
+    from captioning.datasets import DataReport
+    from captioning.training.baseline_models import ModelOptions
+    from captioning.training.baseline_train import CaptionSet, TrainOptions
+    from captioning.training.vocab import Vocab
 
 LOG = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 64
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_train_baseline(subparsers)
+    _register_attention_map(subparsers)
+
+
+def _register_train_baseline(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train-baseline",
         help="train the from-scratch CNN-LSTM captioners (merge, or Show-Attend-Tell attention)",
@@ -28,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "initialised (ImageNet weights cannot be downloaded here). Writes the best checkpoint, metrics.json "
         "and loss_curve.png to --output.",
     )
+    _add_data_and_model_arguments(train)
+    _add_training_arguments(train)
+    train.set_defaults(func=run_train)
+
+
+def _add_data_and_model_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--data", required=True, help="Flickr8k-layout folder, e.g. ../shared/data/flickr8k")
     train.add_argument("--output", required=True, help="checkpoint folder to write")
     train.add_argument("--model", choices=("merge", "attention"), default="attention")
@@ -41,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--hidden", type=int, help="LSTM size (default: 256 merge, 512 attention)")
     train.add_argument("--dropout", type=float, default=0.5)
     train.add_argument("--min-count", type=int, default=2, help="vocabulary: words seen at least this often")
+
+
+def _add_training_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument(
         "--batch-size", type=int, default=16, help="images per batch (with all their captions)"
@@ -67,8 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-meteor", action="store_true", help="final dev scores without METEOR (no JVM start)"
     )
     train.add_argument("--no-progress", action="store_true")
-    train.set_defaults(func=run_train)
 
+
+def _register_attention_map(subparsers: argparse._SubParsersAction) -> None:
     maps = subparsers.add_parser(
         "attention-map",
         help="draw where an attention baseline looks for each word of its caption (PNG)",
@@ -83,6 +105,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     maps.set_defaults(func=run_attention_map)
 
 
+@dataclasses.dataclass
+class _Splits:
+    """The train and dev images of a Flickr8k-layout folder, each with its captions, in split-file order."""
+
+    train_images: list[Path]
+    train_caps: list[list[str]]
+    dev_images: list[Path]
+    dev_caps: list[list[str]]
+    report: DataReport
+
+
 def _grouped(examples) -> tuple[list[Path], list[list[str]]]:
     by_image: dict[Path, list[str]] = {}
     for example in examples:
@@ -90,30 +123,26 @@ def _grouped(examples) -> tuple[list[Path], list[list[str]]]:
     return list(by_image), list(by_image.values())
 
 
-def run_train(args: argparse.Namespace) -> int:
-    import torch
-
+def _read_splits(args: argparse.Namespace) -> _Splits:
     from captioning.datasets import DataReport, FlickrLayout
-    from captioning.training import baseline_features as bf
-    from captioning.training.baseline_models import ModelOptions
-    from captioning.training.baseline_train import CaptionSet, TrainOptions, all_scores, caption_all, train
-    from captioning.training.vocab import Vocab, load_glove
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    begun = time.monotonic()
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
     layout, report = FlickrLayout(Path(args.data)), DataReport()
     train_images, train_caps = _grouped(layout.examples("train", report, limit=args.limit_train))
     dev_images, dev_caps = _grouped(layout.examples("dev", report, limit=args.limit_dev))
     LOG.info("data: %d train images, %d dev images", len(train_images), len(dev_images))
+    return _Splits(train_images, train_caps, dev_images, dev_caps, report)
+
+
+def _encoded_sets(args: argparse.Namespace, output: Path, splits: _Splits) -> tuple[CaptionSet, CaptionSet]:
+    """(train, dev) CaptionSets of frozen-ResNet features, cached; the encoder is saved to OUTPUT/encoder."""
+    from captioning.training import baseline_features as bf
+    from captioning.training.baseline_train import CaptionSet
 
     calibration = None
     if args.encoder is None:
         from PIL import Image
 
-        calibration = bf.preprocess([Image.open(p) for p in train_images[:CALIBRATION_IMAGES]])
+        calibration = bf.preprocess([Image.open(p) for p in splits.train_images[:CALIBRATION_IMAGES]])
     encoder = bf.build_encoder(args.encoder, seed=args.seed, calibrate=calibration)
     encoder.save_pretrained(output / "encoder")
     encoder_id = (
@@ -123,15 +152,22 @@ def run_train(args: argparse.Namespace) -> int:
     )
     cache = bf.FeatureCache(Path(args.feature_cache or output / "features"), progress=not args.no_progress)
     train_set = CaptionSet(
-        [p.name for p in train_images], cache.features(encoder, encoder_id, train_images), train_caps
+        [p.name for p in splits.train_images],
+        cache.features(encoder, encoder_id, splits.train_images),
+        splits.train_caps,
     )
     dev_set = CaptionSet(
-        [p.name for p in dev_images], cache.features(encoder, encoder_id, dev_images), dev_caps
+        [p.name for p in splits.dev_images],
+        cache.features(encoder, encoder_id, splits.dev_images),
+        splits.dev_caps,
     )
+    return train_set, dev_set
 
-    vocab = Vocab.build((c for caps in train_caps for c in caps), args.min_count)
-    glove = load_glove(Path(args.glove), vocab, args.seed)[0] if args.glove else None
-    model_options = ModelOptions(
+
+def _model_options(args: argparse.Namespace, glove) -> ModelOptions:
+    from captioning.training.baseline_models import ModelOptions
+
+    return ModelOptions(
         model=args.model,
         embed_dim=glove.shape[1] if glove is not None else args.embed_dim,
         hidden=args.hidden or (256 if args.model == "merge" else 512),
@@ -139,12 +175,27 @@ def run_train(args: argparse.Namespace) -> int:
         dropout=args.dropout,
         frozen_embeddings=glove is not None,
     )
-    options = TrainOptions(
+
+
+def _train_options(args: argparse.Namespace) -> TrainOptions:
+    from captioning.training.baseline_train import TrainOptions
+
+    return TrainOptions(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, alpha_c=args.alpha_c,
         max_len=args.max_len, beam=args.beam, bleu_images=args.bleu_images, time_limit=args.time_limit,
         progress=not args.no_progress,
     )  # fmt: skip
-    config = {
+
+
+def _checkpoint_config(
+    args: argparse.Namespace,
+    model_options: ModelOptions,
+    options: TrainOptions,
+    vocab: Vocab,
+    train_set: CaptionSet,
+) -> dict:
+    """What `baseline.json` holds (with the best epoch added when it is saved): enough to rebuild the decoder."""
+    return {
         "type": args.model,
         "model": dataclasses.asdict(model_options),
         "training": dataclasses.asdict(options),
@@ -154,26 +205,34 @@ def run_train(args: argparse.Namespace) -> int:
         "encoder": args.encoder or "random init (no ImageNet weights)",
         "glove": args.glove,
     }
-    if args.time_limit:
-        # What the features took comes off the training time; about a minute is kept for the final scores.
-        options.time_limit = max(args.time_limit - (time.monotonic() - begun) / 60 - 1.0, 0.01)
-    result = train(train_set, dev_set, vocab, model_options, options, output, config, glove)
+
+
+def _final_dev_scores(
+    output: Path, dev_set: CaptionSet, vocab: Vocab, options: TrainOptions, meteor: bool
+) -> dict:
+    """The saved best checkpoint, reloaded, captioning the whole dev split and scored on it."""
+    from captioning.training.baseline_train import all_scores, caption_all
 
     captioner = load_captioner(output)
     hypotheses = caption_all(captioner.model, dev_set, vocab, options.beam, options.max_len)
-    final = {
+    return {
         "images": len(hypotheses),
         "beam": options.beam,
-        "scores": all_scores(hypotheses, dev_caps, meteor=not args.no_meteor),
+        "scores": all_scores(hypotheses, dev_set.captions, meteor=meteor),
         "captions": dict(zip(dev_set.names, hypotheses, strict=True)),
     }
+
+
+def _write_metrics(
+    output: Path, config: dict, vocab: Vocab, splits: _Splits, final: dict, result: dict, begun: float
+) -> None:
     metrics = {
         "config": {k: v for k, v in config.items() if k != "vocab"},
         "vocab_size": len(vocab),
-        "train_images": len(train_images),
-        "train_captions": sum(map(len, train_caps)),
+        "train_images": len(splits.train_images),
+        "train_captions": sum(map(len, splits.train_caps)),
         "dev": final,
-        "data_report": report.summary(),
+        "data_report": splits.report.summary(),
         "total_minutes": round((time.monotonic() - begun) / 60, 2),
         **result,
     }
@@ -181,10 +240,37 @@ def run_train(args: argparse.Namespace) -> int:
     LOG.info(
         "dev scores of the best epoch (%d) on %d images: %s",
         result["best_epoch"],
-        len(hypotheses),
+        final["images"],
         final["scores"],
     )
     LOG.info("wrote %s (metrics.json, loss_curve.png)", output)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from captioning.training.baseline_train import train
+    from captioning.training.vocab import Vocab, load_glove
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    begun = time.monotonic()
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    splits = _read_splits(args)
+    train_set, dev_set = _encoded_sets(args, output, splits)
+
+    vocab = Vocab.build((c for caps in splits.train_caps for c in caps), args.min_count)
+    glove = load_glove(Path(args.glove), vocab, args.seed)[0] if args.glove else None
+    model_options, options = _model_options(args, glove), _train_options(args)
+    config = _checkpoint_config(args, model_options, options, vocab, train_set)
+    if args.time_limit:
+        # What the features took comes off the training time; about a minute is kept for the final scores.
+        options.time_limit = max(args.time_limit - (time.monotonic() - begun) / 60 - 1.0, 0.01)
+    result = train(train_set, dev_set, vocab, model_options, options, output, config, glove)
+
+    final = _final_dev_scores(output, dev_set, vocab, options, meteor=not args.no_meteor)
+    _write_metrics(output, config, vocab, splits, final, result, begun)
     return 0
 
 

@@ -13,7 +13,7 @@ MODULES = (
     "captioning.training.captioner",
     "captioning.training.translator",
     "captioning.training.baselines",
-    "captioning.training.evaluate",
+    "captioning.training.evaluate_cli",
 )
 
 

@@ -17,20 +17,23 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import random
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from captioning.training.loop_state import (
+    STATE_FILE,
+    TrainState,
+    is_better,
+    replace_dir,
+    rng_states,
+    seed_everything,
+    set_rng_states,
+)
 from captioning.training.train_args import RESUME_KEYS, TrainConfig
 
 LOG = logging.getLogger(__name__)
-
-STATE_FILE = "trainer_state.pt"
-LOWER_IS_BETTER = ("loss", "dev_loss")
 
 
 class TrainTask(Protocol):
@@ -57,55 +60,6 @@ class TrainTask(Protocol):
     def data_summary(self) -> dict[str, Any]: ...
 
 
-@dataclasses.dataclass
-class TrainState:
-    """Where the run is: enough to continue exactly."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # current epoch (0-based)
-    step_in_epoch: int = 0  # optimizer steps done in the current epoch
-    train_loss: list[list[float]] = dataclasses.field(default_factory=list)  # [step, loss]
-    evals: list[dict[str, float]] = dataclasses.field(default_factory=list)
-    best: dict[str, float] | None = None
-    elapsed_s: float = 0.0
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-def _rng_states() -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def _precision(config: TrainConfig, device) -> str:
     import torch
 
@@ -114,26 +68,6 @@ def _precision(config: TrainConfig, device) -> str:
     if device.type != "cuda":
         return "fp32"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def is_better(metric: str, value: float, best: float | None) -> bool:
-    if best is None or math.isnan(best):
-        return not math.isnan(value)
-    return value < best if metric in LOWER_IS_BETTER else value > best
-
-
-def _replace_dir(write, path: Path) -> None:
-    """Write into a temporary sibling and swap it in, so an interrupted save never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.rename(path, old)
-    os.rename(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class Trainer:
@@ -203,7 +137,7 @@ class Trainer:
                 "resuming with different %s than the saved run: it will not match an uninterrupted run",
                 ", ".join(f"{k} ({saved['config'].get(k)} -> {now.get(k)})" for k in changed),
             )
-        _set_rng_states(saved["rng"])
+        set_rng_states(saved["rng"])
 
     # ------------------------------------------------------------------------------------------ data
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -342,7 +276,7 @@ class Trainer:
         best = state.best[key] if state.best else None
         if is_better(self.config.best_metric, record[key], best):
             state.best = dict(record)
-            _replace_dir(lambda path: self.task.save(self.model, path), self.output / "best")
+            replace_dir(lambda path: self.task.save(self.model, path), self.output / "best")
             LOG.info(
                 "new best %s=%.4g at step %d: saved %s", key, record[key], state.step, self.output / "best"
             )
@@ -355,7 +289,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": _rng_states(),
+            "rng": rng_states(),
             "state": dataclasses.asdict(self.state),
             "config": self.config.to_dict(),
         }
@@ -364,7 +298,7 @@ class Trainer:
             self.task.save(self.model, path)
             torch.save(payload, path / STATE_FILE)
 
-        _replace_dir(write, self.output / "last")
+        replace_dir(write, self.output / "last")
         # The PNG takes ~1 s: redraw it mid-run at most once a minute; train() always draws the final one.
         self._write_metrics(finished=False, plot=time.monotonic() - self._plotted > 60)
 

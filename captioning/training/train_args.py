@@ -74,6 +74,13 @@ def add_train_arguments(parser, defaults: TrainConfig) -> None:
     group.add_argument(
         "--output", required=True, help="run folder: best/, last/, metrics.json, loss_curve.png"
     )
+    _add_optimizer_arguments(group, defaults)
+    _add_sequence_and_precision_arguments(group)
+    _add_run_arguments(group, defaults)
+
+
+def _add_optimizer_arguments(group, defaults: TrainConfig) -> None:
+    """Epochs, batch size and the AdamW schedule."""
     group.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
     group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
     group.add_argument(
@@ -95,6 +102,10 @@ def add_train_arguments(parser, defaults: TrainConfig) -> None:
         help="linear warm-up share of all steps; default: %(default)s",
     )
     group.add_argument("--warmup-steps", type=int, help="linear warm-up steps (overrides --warmup-ratio)")
+
+
+def _add_sequence_and_precision_arguments(group) -> None:
+    """Sequence length and padding, the seed and the numeric precision."""
     group.add_argument(
         "--max-length", type=int, default=64, help="token limit; sequences padded to it; default: %(default)s"
     )
@@ -112,6 +123,10 @@ def add_train_arguments(parser, defaults: TrainConfig) -> None:
         default="auto",
         help="auto: bf16 (or fp16 with loss scaling) autocast on CUDA, fp32 on CPU; default: %(default)s",
     )
+
+
+def _add_run_arguments(group, defaults: TrainConfig) -> None:
+    """Run length, dev evaluation, best-checkpoint choice, device and resuming."""
     group.add_argument(
         "--max-steps", type=int, help="total optimizer steps (overrides --epochs; for smoke runs)"
     )

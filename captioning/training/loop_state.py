@@ -1,0 +1,86 @@
+"""What the training loop (`loop.Trainer`) keeps between steps and across a `--resume`: the run's `TrainState`,
+the seeds and RNG snapshots that make a resumed run continue exactly, the best-checkpoint rule, and the
+swap-in directory write that keeps an interrupted save from leaving half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "trainer_state.pt"
+LOWER_IS_BETTER = ("loss", "dev_loss")
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Where the run is: enough to continue exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch (0-based)
+    step_in_epoch: int = 0  # optimizer steps done in the current epoch
+    train_loss: list[list[float]] = dataclasses.field(default_factory=list)  # [step, loss]
+    evals: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    best: dict[str, float] | None = None
+    elapsed_s: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def rng_states() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if metric in LOWER_IS_BETTER else value > best
+
+
+def replace_dir(write, path: Path) -> None:
+    """Write into a temporary sibling and swap it in, so an interrupted save never leaves half a checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)

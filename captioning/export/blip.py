@@ -8,22 +8,12 @@ from torch import nn
 
 from captioning import contract
 from captioning.contract import BLIP_CROSS_KV, BLIP_TEXT_DECODER
+from captioning.modules.graphs import BlipVisionGraph
+from captioning.modules.steps import BlipCrossKV, BlipTextStep
 
 from .specs import vision_spec
 from .step_jobs import DecoderDims, decoder_jobs
-from .steps import BlipCrossKV, BlipTextStep
 from .validate import ExportJob, ValidationCase
-
-
-class BlipVisionGraph(nn.Module):
-    """pixel_values -> image_embeds (the vision model's last_hidden_state, as `generate` uses it)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.vision = model.vision_model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.vision(pixel_values=pixel_values, return_dict=True).last_hidden_state
 
 
 def _text_dims(model: nn.Module) -> dict[str, int]:

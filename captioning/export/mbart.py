@@ -7,22 +7,12 @@ import torch
 from torch import nn
 
 from captioning.contract import MBART_CROSS_KV, MBART_DECODER
+from captioning.modules.graphs import MBartEncoderGraph
+from captioning.modules.steps import MBartCrossKV, MBartStep
 
 from .specs import encoder_spec
 from .step_jobs import DecoderDims, decoder_jobs
-from .steps import MBartCrossKV, MBartStep
 from .validate import ExportJob, ValidationCase
-
-
-class MBartEncoderGraph(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.encoder = model.get_encoder()
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, return_dict=True
-        ).last_hidden_state
 
 
 def _dims(model: nn.Module) -> dict[str, int]:

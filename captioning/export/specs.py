@@ -72,7 +72,7 @@ def cross_names(num_layers: int) -> tuple[str, ...]:
 
 
 def _cross_axes(num_layers: int) -> dict[str, dict[int, str]]:
-    # Keys [B,H,S,Dh], values transposed [B,H,Dh,S] (captioning/export/steps.py says why).
+    # Keys [B,H,S,Dh], values transposed [B,H,Dh,S] (captioning/modules/steps.py says why).
     return {
         name: {0: "batch", 2 if name.endswith(".key") else 3: "encoder_len"}
         for name in cross_names(num_layers)

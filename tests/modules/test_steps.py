@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from captioning.export.steps import _values_t, grouped_cross_attention  # noqa: E402
+from captioning.modules.steps import _values_t, grouped_cross_attention  # noqa: E402
 
 SOURCES, BEAMS, HEADS, SOURCE_LEN, DIM = 2, 3, 4, 7, 8
 

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from .cache import causal_keep, linear_2d, new_positions
+from captioning.modules.tensors import CacheSlot, causal_keep, linear_2d, new_positions
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -41,9 +41,15 @@ def _scale(raw: torch.Tensor, head_dim: int, multiply: bool) -> torch.Tensor:
 
 
 def self_attention(q, k, v, past_k, past_v, keep, head_dim, multiply):
-    """Causal self-attention over cache + new keys; returns context [N,H,T,Dh] and the grown cache."""
-    k = torch.cat([past_k, k], dim=2)
-    v = torch.cat([past_v, v], dim=2)
+    """Causal self-attention over cache + new keys; returns context [N,H,T,Dh] and the grown cache.
+
+    The past is a tensor (the exported graphs: concatenated, returned as `present`) or a `CacheSlot` (the torch
+    runner: written in place, the same keys in the same order)."""
+    if isinstance(past_k, CacheSlot):
+        k, v = past_k.append(k), past_v.append(v)
+    else:
+        k = torch.cat([past_k, k], dim=2)
+        v = torch.cat([past_v, v], dim=2)
     scores = _scale(torch.matmul(q, k.transpose(-1, -2)), head_dim, multiply)
     scores = scores.masked_fill(~keep.unsqueeze(1), torch.finfo(scores.dtype).min)
     return torch.matmul(torch.softmax(scores, dim=-1), v), k, v

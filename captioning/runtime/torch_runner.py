@@ -1,0 +1,180 @@
+"""The torch runner: the checkpoints' own PyTorch modules on a CPU or a GPU, behind the decoding contract.
+
+Decoder sessions keep everything on the runner's device between steps: the cross-attention keys/values
+(projected once per source, shared by its beams), the self-attention caches (preallocated to the stage's length
+limit and written in place, `CacheSlot`), the mask. Per step the token ids go to the device and the last
+position's logits come back; beam reordering is a gather on the device. fp32 is exact mode (TF32 off); bf16
+and fp16 are opt-in fast modes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+LOG = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchOptions:
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
+    precision: str = "fp32"  # fp32 is exact; bf16 and fp16 are fast modes
+    threads: int | None = None  # CPU intra-op threads; None leaves torch's default
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    def dtype(self):
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+
+def exact_math() -> None:
+    """fp32 as `generate()` computes it by default: no TF32 in matrix products or cuDNN convolutions."""
+    import torch
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
+        matmul.fp32_precision = "ieee"
+        conv.conv.fp32_precision = "ieee"
+    else:
+        matmul.allow_tf32 = False
+        conv.allow_tf32 = False
+
+
+def prepare(options: TorchOptions):
+    """Validate, check the device exists, and set the process-wide math mode; returns the torch device."""
+    import torch
+
+    options.validate()
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {options.device!r} requested but torch sees no CUDA device")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    if options.precision == "fp32":
+        exact_math()
+    return torch.device(options.device)
+
+
+class TorchGraph:
+    """A `GraphRunner` over one module (an encoder): numpy feeds in, numpy outputs out."""
+
+    def __init__(
+        self, module, input_names: tuple[str, ...], output_names: tuple[str, ...], options: TorchOptions
+    ):
+        self.device = prepare(options)
+        self.dtype = options.dtype()
+        self.module = module.to(self.device, self.dtype).eval()
+        self.input_names, self.output_names = input_names, output_names
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        args = [_to_device(feeds[name], self.device, self.dtype) for name in self.input_names]
+        with torch.inference_mode():
+            out = self.module(*args)
+        outs = out if isinstance(out, tuple) else (out,)
+        return {name: t.float().cpu().numpy() for name, t in zip(self.output_names, outs, strict=True)}
+
+
+def _to_device(array: np.ndarray, device, dtype):
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.to(device, dtype if tensor.is_floating_point() else None)
+
+
+class TorchStepDecoder:
+    """The decoding library's `Decoder` over a cross-KV module and a step module (`captioning.modules.steps`)."""
+
+    def __init__(self, cross, step, options: TorchOptions, max_length: int) -> None:
+        self.device = prepare(options)
+        self.dtype = options.dtype()
+        self.cross = cross.to(self.device, self.dtype).eval()
+        self.step = step.to(self.device, self.dtype).eval()
+        self.max_length = max_length
+        self.layers = len(step.layers) if hasattr(step, "layers") else len(step.decoder.layers)
+
+    def start(self, encoder_hidden_states: np.ndarray, encoder_attention_mask: np.ndarray, num_beams: int):
+        import torch
+
+        from captioning.modules.tensors import CacheSlot
+
+        with torch.inference_mode():
+            states = _to_device(encoder_hidden_states, self.device, self.dtype)
+            cross = self.cross(states)
+        key = cross[0]  # [B, H, S, Dh]
+        rows = key.shape[0] * num_beams
+        shape = (rows, key.shape[1], self.max_length, key.shape[3])
+        slots = [
+            CacheSlot(torch.empty(shape, device=self.device, dtype=self.dtype))
+            for _ in range(2 * self.layers)
+        ]
+        mask = torch.from_numpy(np.ascontiguousarray(encoder_attention_mask, dtype=np.int64)).to(self.device)
+        return TorchSession(self, cross, mask, slots)
+
+
+class TorchSession:
+    """One `generate()` call's state on the device."""
+
+    def __init__(self, decoder: TorchStepDecoder, cross: tuple, mask, slots: list) -> None:
+        self.decoder, self.cross, self.mask, self.slots = decoder, cross, mask, slots
+
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        import torch
+
+        ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.decoder.device)
+        with torch.inference_mode():
+            logits = self.decoder.step(ids, self.mask, *self.cross, *self.slots)[0]
+        return logits.float().cpu().numpy()
+
+    def reorder(self, rows: np.ndarray) -> None:
+        import torch
+
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == self.slots[0].rows and np.array_equal(rows, np.arange(len(rows))):
+            return  # most steps keep every beam's own history
+        index = torch.from_numpy(rows).to(self.decoder.device)
+        for slot in self.slots:
+            slot.reorder(index)
+
+
+def caption_runners(model, options: TorchOptions, max_length: int) -> tuple[TorchGraph, TorchStepDecoder]:
+    """BLIP: the vision graph and the caption decoder, from a loaded `BlipForConditionalGeneration`."""
+    from captioning import contract
+    from captioning.modules.graphs import BlipVisionGraph
+    from captioning.modules.steps import BlipCrossKV, BlipTextStep
+
+    vision = TorchGraph(BlipVisionGraph(model), (contract.PIXEL_VALUES,), (contract.IMAGE_EMBEDS,), options)
+    return vision, TorchStepDecoder(BlipCrossKV(model), BlipTextStep(model), options, max_length)
+
+
+def translation_runners(model, options: TorchOptions, max_length: int) -> tuple[TorchGraph, TorchStepDecoder]:
+    """mBART: the encoder and the translation decoder, from a loaded `MBartForConditionalGeneration`."""
+    from captioning.modules.graphs import MBartEncoderGraph
+    from captioning.modules.steps import MBartCrossKV, MBartStep
+
+    encoder = TorchGraph(
+        MBartEncoderGraph(model), ("input_ids", "attention_mask"), ("last_hidden_state",), options
+    )
+    return encoder, TorchStepDecoder(MBartCrossKV(model), MBartStep(model), options, max_length)
+
+
+def load_checkpoint(kind: str, path: str | Path):
+    """`blip` or `mbart` from a local directory or hub id, in fp32 (the runner casts to its precision)."""
+    from transformers import BlipForConditionalGeneration, MBartForConditionalGeneration
+
+    classes = {"blip": BlipForConditionalGeneration, "mbart": MBartForConditionalGeneration}
+    if kind not in classes:
+        raise ValueError(f"checkpoint kind must be 'blip' or 'mbart', got {kind!r}")
+    LOG.info("loading %s checkpoint %s", kind, path)
+    return classes[kind].from_pretrained(str(path)).eval()

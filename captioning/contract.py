@@ -82,4 +82,9 @@ PARAM_CPU_SLOTS = "cpu_slots"  # "0", "N" or "auto"
 PARAM_MAX_PIXELS = "max_pixels"
 PARAM_MAX_SOURCE_TOKENS = "max_source_tokens"
 PARAM_SRC_LANG = "src_lang"
+PARAM_DEVICE = "device"  # torch runner: "cpu", "cuda" or "cuda:N"
+PARAM_PRECISION = "precision"  # torch runner: "fp32" (exact), "bf16" or "fp16"
+# How generators reach their graphs on CPU: ONNX Runtime in their own process, or other Triton models over BLS.
 DECODER_RUNNERS = ("inprocess", "bls")
+TORCH_RUNNER = "torch"  # GPU repositories: the checkpoints' PyTorch modules in the generator's process
+TARGETS = ("cpu", "gpu")

@@ -21,7 +21,7 @@ from captioning.runtime.graphs import GraphRunner, OrtRunner, StepDecoder
 from captioning.runtime.heap import keep_heap
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class ModelContext:
     """What every adapter needs from `initialize(args)`."""
 
@@ -56,6 +56,32 @@ class ModelContext:
         """`graphs.json`: the graphs a generator drives, by role."""
         return json.loads((self.directory / "graphs.json").read_text())
 
+    def torch_options(self):
+        from captioning.runtime.torch_runner import TorchOptions
+
+        return TorchOptions(
+            device=self.parameters.get(contract.PARAM_DEVICE, "cuda"),
+            precision=self.parameters.get(contract.PARAM_PRECISION, "fp32"),
+            threads=self.threads,
+        )
+
+    def checkpoint(self, graphs: dict):
+        """The checkpoint a torch-runner generator serves, loaded once per model instance."""
+        if getattr(self, "_checkpoint", None) is None:
+            from captioning.runtime.torch_runner import load_checkpoint
+
+            meta = graphs["checkpoint"]
+            self._checkpoint = load_checkpoint(meta["kind"], self.directory / meta["dir"])
+        return self._checkpoint
+
+    def encoder(self, graphs: dict) -> GraphRunner:
+        """The translator's encoder: its ONNX graph, its Triton model, or the checkpoint's module."""
+        if self.runner_kind == contract.TORCH_RUNNER:
+            from captioning.runtime.torch_runner import encoder_graph
+
+            return encoder_graph(self.checkpoint(graphs), self.torch_options())
+        return self.graph_runner(graphs["encoder"])
+
     def graph_runner(self, meta: dict) -> GraphRunner:
         """`bls`: call the graph's Triton model; `inprocess`: run its ONNX graph in this process."""
         if self.runner_kind == "bls":
@@ -66,10 +92,16 @@ class ModelContext:
             return OrtRunner(self.repository / file, intra_op_threads=self.threads)
         raise ValueError(
             f"unknown {contract.PARAM_DECODER_RUNNER} {self.runner_kind!r}; "
-            f"expected one of {', '.join(contract.DECODER_RUNNERS)}"
+            f"expected one of {', '.join((*contract.DECODER_RUNNERS, contract.TORCH_RUNNER))}"
         )
 
-    def step_decoder(self, graphs: dict) -> StepDecoder:
+    def step_decoder(self, graphs: dict, max_length: int):
+        """The generator's `Decoder`; `max_length` sizes the torch runner's preallocated caches."""
+        if self.runner_kind == contract.TORCH_RUNNER:
+            from captioning.runtime.torch_runner import step_decoder
+
+            kind = graphs["checkpoint"]["kind"]
+            return step_decoder(kind, self.checkpoint(graphs), self.torch_options(), max_length)
         return StepDecoder(self.graph_runner(graphs["cross"]), self.graph_runner(graphs["step"]))
 
 

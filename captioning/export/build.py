@@ -37,14 +37,17 @@ class BuildOptions:
     translator_vocab: Path | None = None
 
     def validate_options(self) -> None:
-        if self.target != "cpu":
-            raise ValueError(
-                f"target {self.target!r} is not available yet; only 'cpu' (ONNX Runtime in the Python backend)"
-            )
-        from captioning.export.quantize import PRECISIONS
+        if self.target not in contract.TARGETS:
+            raise ValueError(f"target must be one of {', '.join(contract.TARGETS)}, got {self.target!r}")
+        from captioning.export import gpu, quantize
 
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        precisions = quantize.PRECISIONS if self.target == "cpu" else gpu.PRECISIONS
+        if self.precision not in precisions:
+            raise ValueError(
+                f"precision on {self.target} must be one of {', '.join(precisions)}, got {self.precision!r}"
+            )
+        if self.target == "gpu" and self.translator_vocab is not None:
+            raise ValueError("--translator-vocab is a CPU mode; GPU repositories decode the full vocabulary")
         if not 2 <= self.max_length <= 1024:
             raise ValueError(f"max_length must be in 2..1024, got {self.max_length}")
         self.repository.validate()
@@ -145,8 +148,12 @@ def build_repository(
             "created": started.isoformat(timespec="seconds"),
             "versions": _versions(),
         }
+        if options.target == "gpu":
+            _gpu_assets(blip, mbart, work, graphs, assets, options)
+            manifest["cuda_memory_pool_byte_size"] = _pool_bytes(blip, options)
         repository = dataclasses.replace(
             options.repository,
+            gpu=_gpu_options(options),
             src_lang=options.source_lang,
             # Longer text would index past mBART's learned positions.
             max_source_tokens=min(options.repository.max_source_tokens, mbart.config.max_position_embeddings),
@@ -159,6 +166,39 @@ def build_repository(
         shutil.move(str(staging), str(output))
     LOG.info("model repository ready: %s", output)
     return output
+
+
+def _gpu_options(options: BuildOptions):
+    from captioning.export.gpu import GpuOptions
+
+    if options.target != "gpu":
+        return None
+    base = options.repository.gpu or GpuOptions()
+    return dataclasses.replace(base, precision=options.precision)
+
+
+def _gpu_assets(blip, mbart, work: Path, graphs: dict[str, Path], assets: dict[str, Path], options) -> None:
+    """The checkpoints the torch runner serves, and the vision graph in the precision it runs in."""
+    from captioning.export.gpu import fp16_graph
+
+    blip.save_pretrained(work / "captioner_checkpoint")
+    mbart.save_pretrained(work / "translator_checkpoint")
+    assets["captioner_checkpoint"] = work / "captioner_checkpoint"
+    assets["translator_checkpoint"] = work / "translator_checkpoint"
+    if _gpu_options(options).vision_precision == "fp16":
+        LOG.info("converting %s to fp16 (LayerNorm and softmax stay fp32)", contract.VISION_MODEL)
+        graphs[contract.VISION_MODEL] = fp16_graph(
+            graphs[contract.VISION_MODEL], work / "fp16" / "blip_vision.onnx"
+        )
+
+
+def _pool_bytes(blip, options: BuildOptions) -> int:
+    from captioning.export.gpu import cuda_memory_pool_bytes
+
+    vision = blip.config.vision_config
+    tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+    size = (vision.image_size, vision.image_size)
+    return cuda_memory_pool_bytes(options.repository.max_batch_size, size, tokens, vision.hidden_size)
 
 
 def _save_assets(captioner, translator, work: Path, options: BuildOptions):

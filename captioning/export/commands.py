@@ -10,6 +10,7 @@ from captioning import contract
 
 def _export(args: argparse.Namespace) -> int:
     from captioning.export.build import BuildOptions, build_repository
+    from captioning.export.gpu import GpuOptions
     from captioning.export.repository import RepositoryOptions
 
     options = BuildOptions(
@@ -27,6 +28,7 @@ def _export(args: argparse.Namespace) -> int:
             intra_op_threads=args.intra_op_threads,
             cpu_slots=args.cpu_slots,
             instance_counts=tuple(_instance_count(item) for item in args.instances),
+            gpu=GpuOptions(vision_engine=args.vision_engine) if args.target == "gpu" else None,
         ),
         caption=_overrides(args, contract.CAPTION_STAGE),
         translation=_overrides(args, contract.TRANSLATION_STAGE),
@@ -83,7 +85,20 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
         "--translator", required=True, help="MBartForConditionalGeneration: hub id or local dir"
     )
     export.add_argument("--output", required=True, help="model repository directory to (re)create")
-    export.add_argument("--target", default="cpu", choices=["cpu"], help="where the repository will run")
+    export.add_argument(
+        "--target",
+        default="cpu",
+        choices=contract.TARGETS,
+        help="cpu: ONNX Runtime in Python-backend models (runs anywhere); gpu: NVIDIA's Triton 24.10 container, "
+        "vision on ONNX Runtime/TensorRT, generators on the torch runner (docs/gpu.md)",
+    )
+    export.add_argument(
+        "--vision-engine",
+        default="onnxruntime",
+        choices=["onnxruntime", "tensorrt"],
+        help="--target gpu: blip_vision as onnxruntime_onnx, or as a tensorrt_plan built on the node by "
+        "`captioning build-engines`",
+    )
     export.add_argument("--source-lang", default=contract.SOURCE_LANG)
     export.add_argument("--target-lang", default=contract.TARGET_LANG)
     export.add_argument(
@@ -105,8 +120,9 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--precision",
         default="fp32",
-        choices=["fp32", "int8"],
-        help="fp32: token-exact with generate(); int8: opt-in dynamic quantisation, faster, not exact",
+        choices=["fp32", "int8", "fp16", "bf16"],
+        help="fp32: token-exact with generate(); int8 (cpu): opt-in dynamic quantisation; fp16, bf16 (gpu): "
+        "opt-in half precision; the fast modes are not exact",
     )
     export.add_argument(
         "--translator-vocab",

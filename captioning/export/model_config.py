@@ -44,6 +44,14 @@ class BatchingSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class AcceleratorSpec:
+    """A GPU execution accelerator of Triton's onnxruntime backend (e.g. TensorRT with its parameters)."""
+
+    name: str
+    parameters: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class EnsembleStep:
     model: str
     input_map: dict[str, str]  # model input -> ensemble tensor
@@ -63,6 +71,7 @@ class ModelSpec:
     parameters: dict[str, str] = dataclasses.field(default_factory=dict)
     steps: tuple[EnsembleStep, ...] = ()
     default_model_filename: str | None = None
+    gpu_accelerators: tuple[AcceleratorSpec, ...] = ()
 
     def validate(self) -> None:
         names = [t.name for t in self.inputs + self.outputs]
@@ -112,6 +121,11 @@ class ModelSpec:
             config.parameters[key].string_value = str(value)
         if self.default_model_filename:
             config.default_model_filename = self.default_model_filename
+        for accelerator in self.gpu_accelerators:
+            proto = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+                name=accelerator.name
+            )
+            proto.parameters.update(accelerator.parameters)
         for step in self.steps:
             proto_step = config.ensemble_scheduling.step.add(model_name=step.model, model_version=-1)
             proto_step.input_map.update(step.input_map)

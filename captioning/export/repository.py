@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from captioning import contract
+from captioning.export.gpu import GpuOptions, gpu_specs
 from captioning.export.model_config import BatchingSpec, EnsembleStep, ModelSpec, TensorSpec
 
 LOG = logging.getLogger(__name__)
@@ -36,8 +37,15 @@ class RepositoryOptions:
     max_pixels: int = contract.MAX_PIXELS
     max_source_tokens: int = contract.MAX_SOURCE_TOKENS
     src_lang: str = contract.SOURCE_LANG
+    gpu: GpuOptions | None = None  # None: the CPU repository; see captioning/export/gpu.py
+
+    @property
+    def target(self) -> str:
+        return "cpu" if self.gpu is None else "gpu"
 
     def validate(self) -> None:
+        if self.gpu is not None:
+            self.gpu.validate()
         if not 1 <= self.max_batch_size <= 256:
             raise ValueError(f"max_batch_size must be in 1..256, got {self.max_batch_size}")
         if self.decoder_runner not in contract.DECODER_RUNNERS:
@@ -107,6 +115,8 @@ def model_specs(
 ) -> list[ModelSpec]:
     """Every model of the repository; the public tensor contract is fixed here."""
     specs = _specs(graph_meta, image_size, options)
+    if options.gpu is not None:
+        specs = gpu_specs(specs, options.gpu)
     return [
         dataclasses.replace(s, instance_count=options.instances(s.name))
         if s.name in options.instance_models()
@@ -282,6 +292,14 @@ def write_repository(
         shutil.copy2(assets["translator_vocab"], vocab)
     for model, roles in GENERATOR_GRAPHS.items():
         graphs_meta = {role: runner_meta(name, meta[name], files[name]) for role, name in roles.items()}
+        if options.gpu is not None:  # the torch runner serves the checkpoint's own modules
+            kind, key = (
+                ("blip", "captioner_checkpoint")
+                if model == contract.CAPTION_MODEL
+                else ("mbart", "translator_checkpoint")
+            )
+            shutil.copytree(assets[key], output / model / "1" / "checkpoint", dirs_exist_ok=True)
+            graphs_meta["checkpoint"] = {"kind": kind, "dir": "checkpoint"}
         _write_json(output / model / "1" / "graphs.json", graphs_meta)
     _write_json(output / "manifest.json", manifest)
     LOG.info("wrote model repository %s (%d models)", output, len(written))

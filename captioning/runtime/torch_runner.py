@@ -148,25 +148,29 @@ class TorchSession:
             slot.reorder(index)
 
 
-def caption_runners(model, options: TorchOptions, max_length: int) -> tuple[TorchGraph, TorchStepDecoder]:
-    """BLIP: the vision graph and the caption decoder, from a loaded `BlipForConditionalGeneration`."""
+def vision_graph(model, options: TorchOptions) -> TorchGraph:
+    """BLIP's vision model, from a loaded `BlipForConditionalGeneration`."""
     from captioning import contract
     from captioning.modules.graphs import BlipVisionGraph
-    from captioning.modules.steps import BlipCrossKV, BlipTextStep
 
-    vision = TorchGraph(BlipVisionGraph(model), (contract.PIXEL_VALUES,), (contract.IMAGE_EMBEDS,), options)
-    return vision, TorchStepDecoder(BlipCrossKV(model), BlipTextStep(model), options, max_length)
+    return TorchGraph(BlipVisionGraph(model), (contract.PIXEL_VALUES,), (contract.IMAGE_EMBEDS,), options)
 
 
-def translation_runners(model, options: TorchOptions, max_length: int) -> tuple[TorchGraph, TorchStepDecoder]:
-    """mBART: the encoder and the translation decoder, from a loaded `MBartForConditionalGeneration`."""
+def encoder_graph(model, options: TorchOptions) -> TorchGraph:
+    """mBART's encoder, from a loaded `MBartForConditionalGeneration`."""
     from captioning.modules.graphs import MBartEncoderGraph
-    from captioning.modules.steps import MBartCrossKV, MBartStep
 
-    encoder = TorchGraph(
+    return TorchGraph(
         MBartEncoderGraph(model), ("input_ids", "attention_mask"), ("last_hidden_state",), options
     )
-    return encoder, TorchStepDecoder(MBartCrossKV(model), MBartStep(model), options, max_length)
+
+
+def step_decoder(kind: str, model, options: TorchOptions, max_length: int) -> TorchStepDecoder:
+    """The caption (`blip`) or translation (`mbart`) decoder over the checkpoint's own modules."""
+    from captioning.modules.steps import BlipCrossKV, BlipTextStep, MBartCrossKV, MBartStep
+
+    cross, step = (BlipCrossKV, BlipTextStep) if kind == "blip" else (MBartCrossKV, MBartStep)
+    return TorchStepDecoder(cross(model), step(model), options, max_length)
 
 
 def load_checkpoint(kind: str, path: str | Path):

@@ -43,6 +43,8 @@ class ServerOptions:
     # Python-backend shared memory per model instance; KV caches pass through it on every BLS call.
     shm_default_byte_size: int = 16 * 1024 * 1024
     log_file: Path | None = None
+    # GPU repositories: Triton's CUDA pool for tensors crossing model boundaries (None: the manifest's, if any).
+    cuda_memory_pool_bytes: int | None = None
 
     @classmethod
     def on_free_ports(cls, repository: Path, **kwargs) -> ServerOptions:
@@ -135,7 +137,34 @@ def command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
         f"--backend-config=python,shm-default-byte-size={options.shm_default_byte_size}",
         "--backend-config=python,shm-growth-byte-size=16777216",
     ]
+    pool = options.cuda_memory_pool_bytes or repository_manifest(options.repository).get(
+        "cuda_memory_pool_byte_size"
+    )
+    if pool:
+        args.append(f"--cuda-memory-pool-byte-size=0:{int(pool)}")
     return args, server_env(libs)
+
+
+def repository_manifest(repository: Path | str) -> dict:
+    """The repository's manifest.json (written by `captioning export`); {} for repositories without one."""
+    import json
+
+    if str(repository).split("://", 1)[0] in ("s3", "gs", "as"):
+        return {}
+    path = Path(repository) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def check_backends(repository: Path, backends: Path) -> None:
+    """Refuse, by name, a repository that needs a backend this server does not have (the pip server has only
+    the Python backend; a GPU repository needs Triton's onnxruntime backend and a CUDA device)."""
+    manifest = repository_manifest(repository)
+    if manifest.get("target") == "gpu" and not (backends / "onnxruntime").is_dir():
+        raise ServerError(
+            f"{repository} is a GPU repository (blip_vision on Triton's onnxruntime backend, generators on CUDA); "
+            f"this tritonserver has no onnxruntime backend in {backends}. Serve it in the "
+            "nvcr.io/nvidia/tritonserver:24.10-py3 container (docs/gpu.md), or export with --target cpu."
+        )
 
 
 class TritonServer:
@@ -158,6 +187,7 @@ class TritonServer:
         if not Path(self.options.repository).is_dir():
             raise ServerError(f"model repository {self.options.repository} does not exist")
         args, env = command(self.options)
+        check_backends(Path(self.options.repository), server_layout()[1])
         LOG.info("starting %s", " ".join(args))
         stdout = None
         if self.options.log_file is not None:

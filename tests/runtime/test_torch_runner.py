@@ -18,9 +18,10 @@ from captioning.runtime.stages import CaptionStage, TranslationStage
 from captioning.runtime.tokenization import TextCodec
 from captioning.runtime.torch_runner import (
     TorchOptions,
-    caption_runners,
+    encoder_graph,
     load_checkpoint,
-    translation_runners,
+    step_decoder,
+    vision_graph,
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -89,8 +90,10 @@ def test_torch_runner_equals_generate(models, fixture_checkpoints, images, devic
     blip, mbart = models
     caption_settings, translation_settings = _settings(models, fixture_checkpoints)
     options = TorchOptions(device=device)
-    vision, caption_decoder = caption_runners(blip, options, caption_settings.max_length)
-    encoder, translation_decoder = translation_runners(mbart, options, translation_settings.max_length)
+    vision = vision_graph(blip, options)
+    caption_decoder = step_decoder("blip", blip, options, caption_settings.max_length)
+    encoder = encoder_graph(mbart, options)
+    translation_decoder = step_decoder("mbart", mbart, options, translation_settings.max_length)
     config = PreprocessConfig.from_file(fixture_checkpoints.blip / "preprocessor_config.json")
     pixels = np.stack([preprocess_bytes(data, config) for data in images])
     embeds = vision.run({contract.PIXEL_VALUES: pixels})[contract.IMAGE_EMBEDS]
@@ -113,7 +116,7 @@ def test_torch_runner_equals_generate(models, fixture_checkpoints, images, devic
 def test_caches_are_preallocated_and_reordered_on_the_device(models, fixture_checkpoints):
     blip, _ = models
     caption_settings, _ = _settings(models, fixture_checkpoints)
-    _, decoder = caption_runners(blip, TorchOptions(), caption_settings.max_length)
+    decoder = step_decoder("blip", blip, TorchOptions(), caption_settings.max_length)
     states = np.random.default_rng(0).standard_normal((2, 37, blip.config.text_config.encoder_hidden_size))
     session = decoder.start(states.astype(np.float32), np.ones((2, 37), dtype=np.int64), num_beams=3)
     buffers = [slot.buffer.data_ptr() for slot in session.slots]

@@ -17,9 +17,10 @@ from captioning.runtime.tokenization import TextCodec
 class TritonPythonModel:
     def initialize(self, args):
         model = ModelContext.setup(args)
+        settings = load_settings(model.directory / "generation.json")
         self.stage = CaptionStage(
-            decoder=model.step_decoder(model.graphs()),
-            settings=load_settings(model.directory / "generation.json"),
+            decoder=model.step_decoder(model.graphs(), settings.max_length),
+            settings=settings,
             codec=TextCodec.load(model.directory / "tokenizer"),
         )
 

@@ -19,10 +19,11 @@ class TritonPythonModel:
         graphs = model.graphs()
         params = model.parameters
         vocab = model.directory / "vocab.json"  # only with --translator-vocab (opt-in, not token-exact)
+        settings = load_settings(model.directory / "generation.json")
         self.stage = TranslationStage(
-            encoder=model.graph_runner(graphs["encoder"]),
-            decoder=model.step_decoder(graphs),
-            settings=load_settings(model.directory / "generation.json"),
+            encoder=model.encoder(graphs),
+            decoder=model.step_decoder(graphs, settings.max_length),
+            settings=settings,
             codec=TextCodec.load(
                 model.directory / "tokenizer",
                 src_lang=params.get(contract.PARAM_SRC_LANG, contract.SOURCE_LANG),

@@ -74,6 +74,30 @@ def _overrides(args: argparse.Namespace, stage: str):
 def register(sub: argparse._SubParsersAction) -> None:
     _register_export(sub)
     _register_trim_vocab(sub)
+    _register_build_engines(sub)
+
+
+def _build_engines(args: argparse.Namespace) -> int:
+    from captioning.export.engines import BuildOptions, build_engines
+
+    options = BuildOptions(trtexec=args.trtexec, include_decoders=args.all, force=args.force)
+    for plan in build_engines(Path(args.repository), options):
+        print(f"engine ready: {plan}")
+    return 0
+
+
+def _register_build_engines(sub: argparse._SubParsersAction) -> None:
+    engines = sub.add_parser(
+        "build-engines",
+        help="on a GPU node: build TensorRT plans for this GPU and TensorRT version from a GPU repository",
+    )
+    engines.add_argument("repository", help="a repository written by `captioning export --target gpu`")
+    engines.add_argument(
+        "--trtexec", default="trtexec", help="the TensorRT builder (in the Triton container)"
+    )
+    engines.add_argument("--all", action="store_true", help="also the decoder step graphs (BLS deployments)")
+    engines.add_argument("--force", action="store_true", help="rebuild even where this GPU's engines exist")
+    engines.set_defaults(func=_build_engines)
 
 
 def _register_export(sub: argparse._SubParsersAction) -> None:

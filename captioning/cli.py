@@ -14,11 +14,11 @@ LOG = logging.getLogger("captioning")
 
 # In the order `captioning --help` lists them.
 COMMAND_MODULES = (
-    "captioning.export.commands",  # export, trim-vocab
+    "captioning.export.commands",  # export, trim-vocab, build-engines
     "captioning.server.commands",  # serve, demo
     "captioning.testing.commands",  # make-fixtures
     "captioning.training.commands",  # train-*, attention-map, evaluate
-    "captioning.bench.commands",  # bench, make-bench-checkpoints
+    "captioning.bench.commands",  # bench, make-bench-checkpoints, verify
 )
 
 

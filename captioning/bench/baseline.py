@@ -4,14 +4,11 @@ Arabic language code forced, decode), using every core as torch does by default.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from captioning import contract
 
 if TYPE_CHECKING:
     from captioning.bench.options import BenchOptions
@@ -28,49 +25,37 @@ class Baseline:
 
     def __init__(self, options: BenchOptions, captioner: Path, translator: Path) -> None:
         import torch
-        from transformers import (
-            AutoTokenizer,
-            BlipForConditionalGeneration,
-            BlipProcessor,
-            MBartForConditionalGeneration,
-        )
 
-        from captioning.runtime.tokenization import spm_protobuf_compat
+        from captioning.bench.pipeline import OriginalPipeline
 
         self.threads = options.threads or os.cpu_count() or 1
         torch.set_num_threads(self.threads)
-        self.processor = BlipProcessor.from_pretrained(captioner)
-        self.blip = BlipForConditionalGeneration.from_pretrained(captioner).eval()
-        with spm_protobuf_compat():
-            self.tokenizer = AutoTokenizer.from_pretrained(translator, src_lang=contract.SOURCE_LANG)
-        self.mbart = MBartForConditionalGeneration.from_pretrained(translator).eval()
-        self.caption_kw = {
-            "num_beams": options.caption_num_beams,
-            "min_new_tokens": options.caption_tokens,
-            "max_new_tokens": options.caption_tokens,
-        }
-        self.translate_kw = {
-            "num_beams": options.translation_num_beams,
-            "min_new_tokens": options.translation_tokens,
-            "max_new_tokens": options.translation_tokens,
-            "forced_bos_token_id": self.tokenizer.convert_tokens_to_ids(contract.TARGET_LANG),
-        }
+        fixed = {"caption": options.caption_tokens, "translation": options.translation_tokens}
+        self.pipeline = OriginalPipeline(
+            captioner,
+            translator,
+            {
+                "num_beams": options.caption_num_beams,
+                "min_new_tokens": fixed["caption"],
+                "max_new_tokens": fixed["caption"],
+            },
+            {
+                "num_beams": options.translation_num_beams,
+                "min_new_tokens": fixed["translation"],
+                "max_new_tokens": fixed["translation"],
+            },
+        )
         self.passes: list[dict] = []
         self.latencies: list[float] = []
         self.outputs: list[dict] = []
 
     def one(self, data: bytes) -> tuple[float, dict]:
-        import torch
-        from PIL import Image
-
+        pipeline = self.pipeline
         started = time.perf_counter()
-        with torch.inference_mode():
-            pixels = self.processor(images=Image.open(io.BytesIO(data)), return_tensors="pt").pixel_values
-            caption_ids = self.blip.generate(pixel_values=pixels, **self.caption_kw)
-            english = self.processor.decode(caption_ids[0], skip_special_tokens=True)
-            source = self.tokenizer(english, return_tensors="pt")
-            translated = self.mbart.generate(**source, **self.translate_kw)
-            arabic = self.tokenizer.decode(translated[0], skip_special_tokens=True)
+        caption_ids = pipeline.caption_ids(data)
+        english = pipeline.processor.decode(caption_ids[0], skip_special_tokens=True)
+        translated = pipeline.translation_ids(english)
+        arabic = pipeline.tokenizer.decode(translated[0], skip_special_tokens=True)
         elapsed = time.perf_counter() - started
         tokens = {"caption": caption_ids.shape[1] - 1, "translation": translated.shape[1] - 1}
         return elapsed, {"english": english, "arabic": arabic, "new_tokens": tokens}

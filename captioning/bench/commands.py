@@ -88,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--threads", type=int, default=0, help="baseline torch threads (0: all cores)")
     bench.set_defaults(func=_bench)
     _register_make_checkpoints(subparsers)
+    register_verify(subparsers)
 
 
 def _add_inputs(models, defaults: BenchOptions) -> None:
@@ -174,3 +175,60 @@ def run_doc() -> str | None:
     from captioning.bench import run
 
     return run.__doc__
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from captioning.bench.verify import VerifyOptions, format_report, run_verify, write_report
+
+    manifest = _manifest(args.repository) if args.repository else {}
+    captioner = args.captioner or manifest.get("captioner")
+    translator = args.translator or manifest.get("translator")
+    if not (captioner and translator):
+        raise ValueError("give --captioner and --translator (or --repository, whose manifest names them)")
+    options = VerifyOptions(
+        url=args.url,
+        captioner=captioner,
+        translator=translator,
+        images=args.images,
+        count=args.count,
+        device=args.device,
+        caption_num_beams=args.caption_num_beams,
+        translation_num_beams=args.translation_num_beams,
+        max_length=args.max_length,
+        min_match=args.min_match,
+    )
+    report = run_verify(options)
+    print(format_report(report))
+    if args.output:
+        print(f"report: {write_report(report, args.output)}")
+    return 0 if report["passed"] else 1
+
+
+def _manifest(repository: str) -> dict:
+    import json
+
+    return json.loads((Path(repository) / "manifest.json").read_text())
+
+
+def register_verify(subparsers: argparse._SubParsersAction) -> None:
+    from captioning import contract
+
+    verify = subparsers.add_parser(
+        "verify",
+        help="check a running server's captions and translations against generate() on this node's device",
+    )
+    verify.add_argument("--url", default="localhost:8001", help="[grpc://|http://]HOST:PORT of the server")
+    verify.add_argument("--captioner", help="the BLIP checkpoint the server was exported from")
+    verify.add_argument("--translator", help="the mBART checkpoint the server was exported from")
+    verify.add_argument("--repository", help="read the checkpoints from this repository's manifest instead")
+    verify.add_argument(
+        "--images", type=Path, help="a folder of images (default: the shared Flickr8k images)"
+    )
+    verify.add_argument("--count", type=int, default=50)
+    verify.add_argument("--device", default="auto", help="where generate() runs: auto, cpu, cuda")
+    verify.add_argument("--caption-num-beams", type=int)
+    verify.add_argument("--translation-num-beams", type=int)
+    verify.add_argument("--max-length", type=int, default=contract.MAX_LENGTH, help="as exported")
+    verify.add_argument("--min-match", type=float, default=1.0, help="exit 1 below this rate (fast modes)")
+    verify.add_argument("--output", type=Path, help="write the JSON report here")
+    verify.set_defaults(func=_verify)

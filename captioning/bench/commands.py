@@ -89,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=_bench)
     _register_make_checkpoints(subparsers)
     register_verify(subparsers)
+    register_gpu_check(subparsers)
 
 
 def _add_inputs(models, defaults: BenchOptions) -> None:
@@ -232,3 +233,29 @@ def register_verify(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--min-match", type=float, default=1.0, help="exit 1 below this rate (fast modes)")
     verify.add_argument("--output", type=Path, help="write the JSON report here")
     verify.set_defaults(func=_verify)
+
+
+def _gpu_check(args: argparse.Namespace) -> int:
+    from captioning.bench.gpu_check import CheckOptions, format_table, run_check
+
+    if args.smoke:
+        options = CheckOptions.smoke_test(args.output, device=args.device)
+    else:
+        options = CheckOptions(device=args.device, output=args.output)
+    report = run_check(options)
+    print(format_table(report))
+    print(f"\nreport: {args.output}")
+    return 0
+
+
+def register_gpu_check(subparsers: argparse._SubParsersAction) -> None:
+    check = subparsers.add_parser(
+        "gpu-check",
+        help="on a GPU node: the torch runner's tokens against generate() and its speed against the peers",
+    )
+    check.add_argument("--device", default="cuda")
+    check.add_argument("--output", type=Path, default=Path("build/gpu-check/gpu-check.json"))
+    check.add_argument(
+        "--smoke", action="store_true", help="tiny inputs, fixture checkpoints (plumbing only)"
+    )
+    check.set_defaults(func=_gpu_check)

@@ -167,7 +167,8 @@ class MBartStep(nn.Module):
         super().__init__()
         self.decoder = model.get_decoder()
         self.lm_head = model.lm_head
-        self.final_logits_bias = model.final_logits_bias
+        # A buffer of this module, so that moving it to a device or a dtype moves the bias too.
+        self.register_buffer("final_logits_bias", model.final_logits_bias, persistent=False)
         self.heads = model.config.decoder_attention_heads
         self.head_dim = model.config.d_model // self.heads
 

@@ -36,6 +36,25 @@ class Tensor:
     def as_numpy(self) -> np.ndarray:
         return self._array
 
+    def is_cpu(self) -> bool:
+        return True
+
+
+class DeviceTensor(Tensor):
+    """A tensor Triton keeps in device memory: readable only through DLPack (a CPU torch tensor stands in)."""
+
+    def __init__(self, name: str, tensor) -> None:
+        self._name, self._tensor = name, tensor
+
+    def as_numpy(self):
+        raise RuntimeError("as_numpy() on a GPU tensor")
+
+    def is_cpu(self) -> bool:
+        return False
+
+    def to_dlpack(self):
+        return self._tensor.__dlpack__()
+
 
 class InferenceResponse:
     def __init__(self, output_tensors=(), error: TritonError | None = None) -> None:
@@ -54,8 +73,8 @@ class InferenceResponse:
 class FakeRequest:
     """What an adapter reads from a request: its input tensors and its JSON parameters."""
 
-    def __init__(self, inputs: dict[str, np.ndarray], parameters: dict | None = None) -> None:
-        self._inputs = [Tensor(k, v) for k, v in inputs.items()]
+    def __init__(self, inputs: dict, parameters: dict | None = None) -> None:
+        self._inputs = [v if isinstance(v, Tensor) else Tensor(k, v) for k, v in inputs.items()]
         self._parameters = json.dumps(parameters or {})
 
     def inputs(self) -> list[Tensor]:

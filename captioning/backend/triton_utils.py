@@ -22,6 +22,19 @@ def internal(message: str) -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
 
 
+def input_array(request, name: str):
+    """An input as numpy when Triton hands it over in host memory, else as a torch tensor on its GPU, shared
+    through DLPack (models with FORCE_CPU_ONLY_INPUT_TENSORS=no receive GPU tensors from GPU models)."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise ValueError(f"missing input tensor {name!r}")
+    if tensor.is_cpu():
+        return tensor.as_numpy()
+    from torch.utils.dlpack import from_dlpack
+
+    return from_dlpack(tensor.to_dlpack())
+
+
 def string_rows(request, name: str) -> list[bytes]:
     """A TYPE_STRING input of shape [batch, 1] as one bytes object per row."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)

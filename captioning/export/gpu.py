@@ -60,6 +60,8 @@ def gpu_specs(specs: list[ModelSpec], gpu: GpuOptions) -> list[ModelSpec]:
         elif spec.name in (contract.CAPTION_MODEL, contract.TRANSLATOR_MODEL):
             params = {k: v for k, v in spec.parameters.items() if k not in _CPU_ONLY_PARAMS}
             params.update(_torch_parameters(gpu))
+            # Image embeddings stay on the GPU between blip_vision and the generator (DLPack, no host copy).
+            params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
             out.append(dataclasses.replace(spec, instance_kind="KIND_GPU", parameters=params))
         else:
             out.append(spec)

@@ -88,9 +88,14 @@ class CaptionStage:
             list(embeds), _per_request(self.settings, options), self._caption, "caption generation"
         )
 
-    def _caption(self, embeds: list[np.ndarray], settings: GenerationSettings) -> list[str]:
-        states = np.stack(embeds).astype(np.float32, copy=False)
-        mask = np.ones(states.shape[:2], dtype=np.int64)
+    def _caption(self, embeds: list, settings: GenerationSettings) -> list[str]:
+        if isinstance(embeds[0], np.ndarray):
+            states = np.stack(embeds).astype(np.float32, copy=False)
+        else:  # torch tensors on the decoder's device (GPU repositories, through DLPack): they stay there
+            import torch
+
+            states = torch.stack(embeds)
+        mask = np.ones(tuple(states.shape[:2]), dtype=np.int64)
         return [self.codec.decode(seq) for seq in generate(self.decoder, states, mask, settings)]
 
 

@@ -86,10 +86,10 @@ class TorchGraph:
         return {name: t.float().cpu().numpy() for name, t in zip(self.output_names, outs, strict=True)}
 
 
-def _to_device(array: np.ndarray, device, dtype):
+def _to_device(array, device, dtype):
     import torch
 
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
     return tensor.to(device, dtype if tensor.is_floating_point() else None)
 
 

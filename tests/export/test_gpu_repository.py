@@ -60,6 +60,7 @@ def test_gpu_configs_parse_and_name_the_gpu(gpu_repositories):
         assert params[contract.PARAM_DECODER_RUNNER] == "torch"
         assert (params[contract.PARAM_DEVICE], params[contract.PARAM_PRECISION]) == ("cuda", "fp32")
         assert contract.PARAM_CPU_SLOTS not in params
+        assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "no"
         assert (gpu_repositories["fp32"] / name / "1" / "checkpoint" / "config.json").is_file()
     manifest = json.loads((gpu_repositories["fp32"] / "manifest.json").read_text())
     assert manifest["target"] == "gpu" and manifest["cuda_memory_pool_byte_size"] >= 64 * 1024 * 1024
@@ -143,6 +144,11 @@ def test_the_gpu_generators_run_the_torch_runner(
         for r in fake_pb_utils.get_output_tensor_by_name(response, contract.CAPTION_EN).as_numpy()
     ]
     assert captions == [reference.caption(d) for d in images]
+    # From blip_vision on the GPU the embeddings arrive as a device tensor, taken through DLPack, not numpy.
+    device_input = fake_pb_utils.DeviceTensor(contract.IMAGE_EMBEDS, torch.from_numpy(embeds))
+    (response,) = captioner.execute([FakeRequest({contract.IMAGE_EMBEDS: device_input})])
+    rows = fake_pb_utils.get_output_tensor_by_name(response, contract.CAPTION_EN).as_numpy()
+    assert [r[0].decode() for r in rows] == captions
 
     translator = _adapter(repository, contract.TRANSLATOR_MODEL, monkeypatch)
     texts = np.array([[c.encode()] for c in captions], dtype=np.object_)

@@ -4,11 +4,9 @@ Decoding lives in `captioning.decoding`, batching and grouping in `captioning.ru
 moves tensors and errors between Triton and those modules.
 """
 
-import triton_python_backend_utils as pb_utils
-
 from captioning import contract
 from captioning.backend.runners import ModelContext
-from captioning.backend.triton_utils import run_rows, string_tensor
+from captioning.backend.triton_utils import input_array, run_rows, string_tensor
 from captioning.runtime.options import stage_options
 from captioning.runtime.stages import CaptionStage, load_settings
 from captioning.runtime.tokenization import TextCodec
@@ -25,7 +23,7 @@ class TritonPythonModel:
         )
 
     def _parse(self, request):
-        embeds = pb_utils.get_input_tensor_by_name(request, contract.IMAGE_EMBEDS).as_numpy()
+        embeds = input_array(request, contract.IMAGE_EMBEDS)  # numpy, or a GPU tensor from blip_vision
         if embeds.ndim != 3:
             raise ValueError(
                 f"{contract.IMAGE_EMBEDS} must have shape [batch, tokens, hidden], got {list(embeds.shape)}"

@@ -14,7 +14,7 @@ import numpy as np
 
 from captioning.decoding.decoder import Decoder
 from captioning.decoding.settings import GenerationSettings
-from captioning.decoding.tokens import beam_log_probs, topk_indices
+from captioning.decoding.tokens import beam_log_probs, device_scoring, top_candidates, topk_indices
 
 __all__ = ["beam_search"]
 
@@ -72,16 +72,24 @@ class _Beams:
         rows = self.running_sequences[:, :1] if shared else self.running_sequences
         return rows[:, :, : self.cur_len].reshape(-1, self.cur_len)
 
-    def advance(self, log_probs: np.ndarray) -> np.ndarray:
-        """Steps b-f of HF's loop for [B x beams, V] processed log-probs; returns which candidates stopped."""
-        batch, nb, cur_len, prompt_len = self.batch, self.nb, self.cur_len, self.prompt_len
-        vocab = log_probs.shape[-1]
-        # b. accumulated scores; c. top-K continuations over all beams
+    def top(self, log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Steps b-c of HF's loop on full [B x beams, V] processed log-probs: the top-K over all beams."""
+        batch, nb, vocab = self.batch, self.nb, log_probs.shape[-1]
         log_probs = (log_probs.reshape(batch, nb, vocab) + self.running_beam_scores[:, :, None]).reshape(
             batch, -1
         )
         topk_idx = topk_indices(log_probs, self.keep)
-        topk_log_probs = np.take_along_axis(log_probs, topk_idx, axis=1)
+        return np.take_along_axis(log_probs, topk_idx, axis=1), topk_idx, vocab
+
+    def top_of(self, values: np.ndarray, ids: np.ndarray, vocab: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The same from each row's own top candidates (a device session's `step_candidates`)."""
+        scores, flat = top_candidates(values, ids, self.running_beam_scores, vocab, self.keep)
+        return scores, flat, vocab
+
+    def advance(self, top: tuple[np.ndarray, np.ndarray, int]) -> np.ndarray:
+        """Steps c-f of HF's loop from the top-K (scores, flat indices, vocabulary); returns which stopped."""
+        nb, cur_len, prompt_len = self.nb, self.cur_len, self.prompt_len
+        topk_log_probs, topk_idx, vocab = top
         topk_beam, topk_ids = topk_idx // vocab, topk_idx % vocab
         topk_running_sequences = _gather_beams(self.running_sequences, topk_beam)
         topk_running_sequences[:, :, cur_len] = topk_ids
@@ -145,6 +153,7 @@ def beam_search(
 ) -> list[list[int]]:
     beams = _Beams(encoder_hidden_states.shape[0], s)
     session = decoder.start(encoder_hidden_states, encoder_attention_mask, s.num_beams)
+    on_device = hasattr(session, "step_candidates")
     first = True
     while True:
         # a. forward the running beams (whole prompt first, then only the newest token). While every source's
@@ -154,10 +163,19 @@ def beam_search(
         if shared:
             session.reorder(beams.batch_offset[:, 0])
         flat = beams.inputs(shared)
-        logits = session.step(flat if first else flat[:, -1:])
+        step_ids = flat if first else flat[:, -1:]
         first = False
-        log_probs = beam_log_probs(s, flat, logits)
-        hits = beams.advance(np.repeat(log_probs, s.num_beams, axis=0) if shared else log_probs)
+        scoring = device_scoring(s, beams.cur_len) if on_device else None
+        if scoring is not None:  # the device scores and picks: only [rows, K] candidates cross
+            values, ids, vocab = session.step_candidates(step_ids, beams.keep, scoring)
+            if shared:
+                values, ids = np.repeat(values, s.num_beams, axis=0), np.repeat(ids, s.num_beams, axis=0)
+            hits = beams.advance(beams.top_of(values, ids, vocab))
+        else:
+            log_probs = beam_log_probs(s, flat, session.step(step_ids))
+            hits = beams.advance(
+                beams.top(np.repeat(log_probs, s.num_beams, axis=0) if shared else log_probs)
+            )
         # g. reorder the cache for the surviving beams (after a shared step the cache has one row per
         # source: row b // num_beams stands for every beam of b), then decide whether to go on
         parents = beams.parents()

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["CallableDecoder", "Decoder", "DecoderSession", "as_decoder"]
+__all__ = ["CallableDecoder", "DeviceSession", "Decoder", "DecoderSession", "as_decoder"]
 
 
 class DecoderSession(Protocol):
@@ -24,6 +24,19 @@ class DecoderSession(Protocol):
 
     def reorder(self, rows: np.ndarray) -> None:
         """Keep cache row `rows[i]` as row i (beam search; also shrinks to one row per source and back)."""
+        ...
+
+
+class DeviceSession(DecoderSession, Protocol):
+    """A session whose logits live on a device: it can score and pick there, so that per step only what the
+    search needs crosses to the host. The search uses these where `tokens.device_scoring` allows."""
+
+    def step_candidates(self, input_ids: np.ndarray, k: int, scoring) -> tuple[np.ndarray, np.ndarray, int]:
+        """Processed log-softmax's top `k` per row: (values [N,k] float32, token ids [N,k], vocabulary size)."""
+        ...
+
+    def step_argmax(self, input_ids: np.ndarray, scoring) -> np.ndarray:
+        """The processed logits' argmax per row [N] (greedy search)."""
         ...
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from captioning.decoding.decoder import Decoder
 from captioning.decoding.settings import GenerationSettings
-from captioning.decoding.tokens import greedy_tokens
+from captioning.decoding.tokens import device_scoring, greedy_tokens
 
 __all__ = ["greedy_search"]
 
@@ -24,8 +24,14 @@ def greedy_search(
     lengths = np.full(batch, s.max_length, dtype=np.int64)
     session = decoder.start(encoder_hidden_states, encoder_attention_mask, 1)
     step_ids = ids
+    on_device = hasattr(session, "step_argmax")
     while True:
-        next_tokens = greedy_tokens(s, ids, session.step(step_ids), unfinished)
+        scoring = device_scoring(s, ids.shape[1]) if on_device else None
+        if scoring is not None:  # only the chosen tokens cross from the device
+            best = session.step_argmax(step_ids, scoring)
+            next_tokens = np.where(unfinished, best, s.pad_token_id).astype(np.int64)
+        else:
+            next_tokens = greedy_tokens(s, ids, session.step(step_ids), unfinished)
         ids = np.concatenate([ids, next_tokens[:, None]], axis=1)
         hit = np.isin(next_tokens, eos) | (ids.shape[1] >= s.max_length)
         lengths[unfinished & hit] = ids.shape[1]

@@ -1,7 +1,8 @@
 """The one place where the next token is chosen: logits processors, log-softmax, greedy and top-k picks.
 
 Both searches (`greedy.py`, `beam_search.py`) call only these functions to turn a step's logits into tokens,
-so forced tokens, penalties and tie-breaking are defined once. Exactness notes: scores stay float32 and are
+so forced tokens, penalties and tie-breaking are defined once. A decoder on a device may apply the simple
+processors itself (`DeviceScoring`) and send back only its best candidates; `top_candidates` merges them. Exactness notes: scores stay float32 and are
 combined in `transformers`' order; the only known sources of divergence are (a) `log_softmax`, whose last bit
 can differ from torch's kernel, and (b) exact ties in top-k, which torch resolves in an unspecified order and
 we resolve by lower index. Both matter only for near-ties between candidates.
@@ -9,11 +10,22 @@ we resolve by lower index. Both matter only for near-ties between candidates.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from captioning.decoding.settings import GenerationSettings
 
-__all__ = ["beam_log_probs", "greedy_tokens", "log_softmax", "process_scores", "topk_indices"]
+__all__ = [
+    "DeviceScoring",
+    "beam_log_probs",
+    "device_scoring",
+    "greedy_tokens",
+    "log_softmax",
+    "process_scores",
+    "top_candidates",
+    "topk_indices",
+]
 
 _TOPK_CHUNK = 256
 
@@ -104,3 +116,46 @@ def greedy_tokens(
 def beam_log_probs(settings: GenerationSettings, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """Processed log-probabilities of each row's continuations, which beam search adds to its beam scores."""
     return process_scores(settings, input_ids, log_softmax(logits))
+
+
+@dataclass(frozen=True)
+class DeviceScoring:
+    """The processors of one step that a device can apply itself before its own log-softmax and top-k, so
+    that only [rows, k] candidates (beam search) or [rows] tokens (greedy) cross to the host: the end tokens
+    banned below `min_length`, and a forced token (mBART's language code, the forced end)."""
+
+    banned: tuple[int, ...] = ()
+    forced: int | None = None
+
+
+def device_scoring(settings: GenerationSettings, cur_len: int) -> DeviceScoring | None:
+    """The step's processors as `DeviceScoring`, or None where one needs the full rows on the host
+    (repetition penalty, no-repeat n-grams)."""
+    if settings.repetition_penalty != 1.0 or settings.no_repeat_ngram_size > 0:
+        return None
+    banned = settings.eos_token_ids if settings.min_length > 0 and cur_len < settings.min_length else ()
+    forced = None
+    if settings.forced_bos_token_id is not None and cur_len == 1:
+        forced = settings.forced_bos_token_id
+    if settings.forced_eos_token_id is not None and cur_len == settings.max_length - 1:
+        forced = settings.forced_eos_token_id
+    return DeviceScoring(tuple(banned), forced)
+
+
+def top_candidates(
+    values: np.ndarray, ids: np.ndarray, running: np.ndarray, vocab: int, keep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Beam search's top-`keep` continuations over all beams from each row's own top candidates.
+
+    `values`/`ids` are [B x beams, k >= keep] processed log-probs and token ids; `running` the [B, beams] beam
+    scores. The best `keep` of a source's beams x vocabulary are among the union of its rows' best `keep`, so
+    this selects exactly what a top-k over the full rows selects; ties go to the lower flat index, as there.
+    Returns [B, keep] scores and flat indices (beam x vocab + token)."""
+    batch, beams = running.shape
+    k = values.shape[1]
+    scores = (values.reshape(batch, beams, k) + running[:, :, None]).reshape(batch, beams * k)
+    flat = (np.arange(beams, dtype=np.int64)[:, None] * vocab + ids.reshape(batch, beams, k)).reshape(
+        batch, -1
+    )
+    order = np.stack([np.lexsort((flat[b], -scores[b]))[:keep] for b in range(batch)])
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(flat, order, axis=1)

@@ -2,8 +2,10 @@
 
 Decoder sessions keep everything on the runner's device between steps: the cross-attention keys/values
 (projected once per source, shared by its beams), the self-attention caches (preallocated to the stage's length
-limit and written in place, `CacheSlot`), the mask. Per step the token ids go to the device and the last
-position's logits come back; beam reordering is a gather on the device. fp32 is exact mode (TF32 off); bf16
+limit and written in place, `CacheSlot`), the mask. Per step the token ids go to the device and only what the
+search needs comes back: each row's top candidates (beam search) or its chosen token (greedy), with
+log-softmax, the simple processors and top-k computed there as `generate()` computes them on that device; the
+full logits only where a processor needs whole rows. Beam reordering is a gather on the device. fp32 is exact mode (TF32 off); bf16
 and fp16 are opt-in fast modes.
 """
 
@@ -129,13 +131,31 @@ class TorchSession:
     def __init__(self, decoder: TorchStepDecoder, cross: tuple, mask, slots: list) -> None:
         self.decoder, self.cross, self.mask, self.slots = decoder, cross, mask, slots
 
-    def step(self, input_ids: np.ndarray) -> np.ndarray:
+    def _logits(self, input_ids: np.ndarray):
         import torch
 
         ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.decoder.device)
         with torch.inference_mode():
-            logits = self.decoder.step(ids, self.mask, *self.cross, *self.slots)[0]
-        return logits.float().cpu().numpy()
+            return self.decoder.step(ids, self.mask, *self.cross, *self.slots)[0].float()
+
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        """The full last-position logits on the host (where a processor needs whole rows)."""
+        return self._logits(input_ids).cpu().numpy()
+
+    def step_candidates(self, input_ids: np.ndarray, k: int, scoring) -> tuple[np.ndarray, np.ndarray, int]:
+        """log-softmax, the step's simple processors and top-k on the device, as `generate()` does there."""
+        import torch
+
+        with torch.inference_mode():
+            scores = _scored(torch.log_softmax(self._logits(input_ids), dim=-1), scoring)
+            values, ids = torch.topk(scores, k, dim=-1)
+        return values.cpu().numpy(), ids.cpu().numpy(), scores.shape[-1]
+
+    def step_argmax(self, input_ids: np.ndarray, scoring) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return _scored(self._logits(input_ids), scoring).argmax(dim=-1).cpu().numpy()
 
     def reorder(self, rows: np.ndarray) -> None:
         import torch
@@ -146,6 +166,16 @@ class TorchSession:
         index = torch.from_numpy(rows).to(self.decoder.device)
         for slot in self.slots:
             slot.reorder(index)
+
+
+def _scored(scores, scoring):
+    """`tokens.DeviceScoring` applied in place, in HF's order: banned end tokens, then a forced token."""
+    if scoring.banned:
+        scores[:, list(scoring.banned)] = -float("inf")
+    if scoring.forced is not None:
+        scores.fill_(-float("inf"))
+        scores[:, scoring.forced] = 0.0
+    return scores
 
 
 def vision_graph(model, options: TorchOptions) -> TorchGraph:

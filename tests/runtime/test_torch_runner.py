@@ -132,6 +132,37 @@ def test_caches_are_preallocated_and_reordered_on_the_device(models, fixture_che
             session.step(np.array([[5]] * 6))
 
 
+def test_only_candidates_cross_from_the_device(models, fixture_checkpoints, images):
+    """With the checkpoints' processors (forced language code and end token), no step sends whole rows."""
+    from captioning.decoding import generate
+
+    _, mbart = models
+    _, translation_settings = _settings(models, fixture_checkpoints)
+    decoder = step_decoder("mbart", mbart, TorchOptions(), translation_settings.max_length)
+    calls = {"step": 0, "step_candidates": 0}
+
+    class Counting:
+        def start(self, *args):
+            session = decoder.start(*args)
+            for name in calls:
+                original = getattr(session, name)
+
+                def counted(*a, _name=name, _original=original):
+                    calls[_name] += 1
+                    return _original(*a)
+
+                setattr(session, name, counted)
+            return session
+
+    codec = TextCodec.load(fixture_checkpoints.mbart, src_lang=contract.SOURCE_LANG)
+    ids, mask = codec.pad([codec.encode("a dog runs on the beach"), codec.encode("two children")])
+    encoder = encoder_graph(mbart, TorchOptions())
+    states = encoder.run({"input_ids": ids, "attention_mask": mask})["last_hidden_state"]
+    settings = translation_settings.with_overrides(Overrides(num_beams=5))
+    generate(Counting(), states, mask, settings)
+    assert calls["step"] == 0 and calls["step_candidates"] > 2
+
+
 def test_bad_options_are_refused_by_name():
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
         TorchOptions(precision="int4").validate()

@@ -70,6 +70,10 @@ MAX_BEAMS = 8  # per request and stage
 MAX_BATCH_SIZE = 16  # rows per request, and the default dynamic-batching limit of every model
 MAX_SOURCE_TOKENS = 256  # user text sent to the translator, in its tokens
 MAX_LENGTH = 64  # tokens per stage, prompt included: what the original deployment used
+# Load shedding per model (docs/reliability.md): queued requests beyond this, or queued longer than this, are
+# answered UNAVAILABLE at once.
+MAX_QUEUE_SIZE = 2 * MAX_BATCH_SIZE
+QUEUE_TIMEOUT_S = 10.0
 
 # -- defaults --------------------------------------------------------------------------------------------
 SOURCE_LANG = "en_XX"  # mBART-50 language codes

@@ -6,12 +6,14 @@ with CaptionClient("localhost:8001", wait_ready_s=30) as client:
 """
 
 from captioning.client.aio import AsyncCaptionClient
+from captioning.client.base import RetryPolicy
 from captioning.client.endpoint import Endpoint, parse_endpoint
 from captioning.client.errors import (
     CaptionError,
     CaptionTimeoutError,
     InvalidInputError,
     ModelNotReadyError,
+    ServerBusyError,
     ServerUnreachableError,
 )
 from captioning.client.sdk import CaptionClient
@@ -27,6 +29,8 @@ __all__ = [
     "GenerationOptions",
     "InvalidInputError",
     "ModelNotReadyError",
+    "RetryPolicy",
+    "ServerBusyError",
     "ServerUnreachableError",
     "parse_endpoint",
 ]

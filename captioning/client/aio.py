@@ -13,9 +13,15 @@ from typing import Any, TypeVar
 
 from captioning import contract
 from captioning.client import wire
-from captioning.client.base import ClientBase, ReadyWait, finish, load_images
+from captioning.client.base import ClientBase, ReadyWait, RetryPolicy, finish, load_images
 from captioning.client.endpoint import Endpoint
-from captioning.client.errors import CaptionError, ModelNotReadyError, ServerUnreachableError, map_exception
+from captioning.client.errors import (
+    CaptionError,
+    ModelNotReadyError,
+    ServerBusyError,
+    ServerUnreachableError,
+    map_exception,
+)
 from captioning.client.images import ImageInput, load_image
 from captioning.client.types import CaptionResult, GenerationOptions
 
@@ -35,8 +41,9 @@ class AsyncCaptionClient(ClientBase):
         model: str = contract.ARABIC_MODEL,
         english_model: str = contract.ENGLISH_MODEL,
         translator_model: str = contract.TRANSLATOR_MODEL,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(url, protocol, timeout_s, model, english_model, translator_model)
+        super().__init__(url, protocol, timeout_s, model, english_model, translator_model, retry)
         self.wait_ready_s = float(wait_ready_s or 0)
         self._lib: ModuleType | None = None
         self._client: Any = None
@@ -153,9 +160,21 @@ class AsyncCaptionClient(ClientBase):
     ) -> Any:
         lib = self._transport()[0]
         requested = wire.requested_outputs(lib, outputs)
-        return await self._call(
-            lambda c: c.infer(model, inputs, outputs=requested, parameters=parameters or None), self.timeout_s
-        )
+        timeout_us = self._server_timeout_us
+        delays = self.retry.delays()
+        while True:
+            try:
+                return await self._call(
+                    lambda c: c.infer(
+                        model, inputs, outputs=requested, parameters=parameters or None, timeout=timeout_us
+                    ),
+                    self.timeout_s,
+                )
+            except ServerBusyError:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
 
     async def _call(self, fn: Callable[[Any], Awaitable[T]], timeout_s: float) -> T:
         """Bound every call with asyncio's clock: http.aio has no per-call client timeout of its own."""

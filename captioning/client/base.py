@@ -6,8 +6,10 @@ everything that is not I/O lives here once.
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from captioning import contract
@@ -21,6 +23,20 @@ READY_POLL_S = 0.25
 READY_PROBE_TIMEOUT_S = 5.0
 
 
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries of requests the server shed (`ServerBusyError`), with jittered exponential backoff.
+    Nothing else is retried: a bad input or a failure inside the server would fail again."""
+
+    retries: int = 0
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+
+    def delays(self) -> Iterator[float]:
+        for attempt in range(self.retries):
+            yield min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
+
+
 class ClientBase:
     """Endpoint, timeout and model names of a client; subclasses add the transport."""
 
@@ -32,9 +48,11 @@ class ClientBase:
         model: str = contract.ARABIC_MODEL,
         english_model: str = contract.ENGLISH_MODEL,
         translator_model: str = contract.TRANSLATOR_MODEL,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.endpoint: Endpoint = parse_endpoint(url, protocol)
         self.timeout_s = wire.check_timeout(timeout_s)
+        self.retry = retry or RetryPolicy()
         self.model = model
         self.english_model = english_model
         self.translator_model = translator_model
@@ -58,6 +76,11 @@ class ClientBase:
     @property
     def _probe_timeout_s(self) -> float:
         return min(self.timeout_s, READY_PROBE_TIMEOUT_S)
+
+    @property
+    def _server_timeout_us(self) -> int:
+        """The client's deadline, sent with every request: the server sheds it rather than queue it past then."""
+        return int(self.timeout_s * 1_000_000)
 
 
 class ReadyWait:

@@ -34,6 +34,11 @@ class CaptionTimeoutError(CaptionError, TimeoutError):
     """No answer within the client's timeout."""
 
 
+class ServerBusyError(CaptionError):
+    """The server shed the request (its queue is full, or the request waited past its queue timeout): retry
+    later, with backoff (`CaptionClient(retries=...)` does), or send less."""
+
+
 _MODEL_MISSING = re.compile(
     r"unknown model|not at ready state|no available versions|model '[^']*' is not (ready|found|loaded)",
     re.IGNORECASE,
@@ -42,6 +47,8 @@ _NOT_FOUND = {"StatusCode.NOT_FOUND", "404"}
 _INVALID = {"StatusCode.INVALID_ARGUMENT", "400", "StatusCode.UNIMPLEMENTED"}
 _TIMEOUT = {"StatusCode.DEADLINE_EXCEEDED", "408", "504"}
 _UNAVAILABLE = {"StatusCode.UNAVAILABLE"}
+# Triton's scheduler sheds with UNAVAILABLE and these messages; other UNAVAILABLEs mean nothing is listening.
+_SHED = re.compile(r"exceeds maximum queue size|request timeout expired|timeout expired", re.IGNORECASE)
 
 
 def from_triton_exception(exc: Exception, *, url: str = "") -> CaptionError:
@@ -55,6 +62,10 @@ def from_triton_exception(exc: Exception, *, url: str = "") -> CaptionError:
     # Checked before UNAVAILABLE: Triton answers UNAVAILABLE for a model that is not ready yet.
     if status in _NOT_FOUND or _MODEL_MISSING.search(message):
         return ModelNotReadyError(message, status=status)
+    if _SHED.search(message):
+        return ServerBusyError(
+            f"{url or 'the server'} is overloaded and shed the request: {message}", status=status
+        )
     if status in _UNAVAILABLE or status == "503":
         return ServerUnreachableError(
             f"cannot reach Triton at {url or 'the server'}: {message}", status=status

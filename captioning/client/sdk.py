@@ -12,9 +12,15 @@ from typing import Any, TypeVar
 
 from captioning import contract
 from captioning.client import wire
-from captioning.client.base import ClientBase, ReadyWait, finish, load_images
+from captioning.client.base import ClientBase, ReadyWait, RetryPolicy, finish, load_images
 from captioning.client.endpoint import Endpoint
-from captioning.client.errors import CaptionError, ModelNotReadyError, ServerUnreachableError, map_exception
+from captioning.client.errors import (
+    CaptionError,
+    ModelNotReadyError,
+    ServerBusyError,
+    ServerUnreachableError,
+    map_exception,
+)
 from captioning.client.images import ImageInput, load_image
 from captioning.client.types import CaptionResult, GenerationOptions
 
@@ -36,8 +42,9 @@ class CaptionClient(ClientBase):
         english_model: str = contract.ENGLISH_MODEL,
         translator_model: str = contract.TRANSLATOR_MODEL,
         http_concurrency: int = MAX_BATCH_SIZE,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(url, protocol, timeout_s, model, english_model, translator_model)
+        super().__init__(url, protocol, timeout_s, model, english_model, translator_model, retry)
         self._lib, self._client = _connect(self.endpoint, self.timeout_s, http_concurrency)
         self._closed = False
         if wait_ready_s and wait_ready_s > 0:
@@ -157,13 +164,20 @@ class CaptionClient(ClientBase):
         kwargs: dict[str, Any] = {
             "outputs": wire.requested_outputs(self._lib, outputs),
             "parameters": parameters or None,
+            "timeout": self._server_timeout_us,
         }
         if self.endpoint.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout_s
-        try:
-            return self._client.infer(model, inputs, **kwargs)
-        except Exception as exc:
-            raise self._mapped(exc) from exc
+        delays = self.retry.delays()
+        while True:
+            try:
+                return self._client.infer(model, inputs, **kwargs)
+            except Exception as exc:
+                mapped = self._mapped(exc)
+                delay = next(delays, None) if isinstance(mapped, ServerBusyError) else None
+                if delay is None:
+                    raise mapped from exc
+                time.sleep(delay)
 
     def _mapped(self, exc: Exception) -> Exception:
         return map_exception(exc, url=self.url) or exc

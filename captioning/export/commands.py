@@ -24,6 +24,8 @@ def _export(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         repository=RepositoryOptions(
             max_batch_size=args.max_batch_size,
+            max_queue_size=args.max_queue_size,
+            queue_timeout_s=args.queue_timeout,
             decoder_runner=args.decoder_runner,
             intra_op_threads=args.intra_op_threads,
             cpu_slots=args.cpu_slots,
@@ -132,6 +134,20 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
         help="token limit of each stage, prompt included",
     )
     export.add_argument("--max-batch-size", type=int, default=contract.MAX_BATCH_SIZE)
+    export.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=contract.MAX_QUEUE_SIZE,
+        help="requests each model may queue; past it a request is answered UNAVAILABLE at once (0: unbounded; "
+        "size it as throughput x acceptable wait, docs/reliability.md)",
+    )
+    export.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=contract.QUEUE_TIMEOUT_S,
+        metavar="S",
+        help="seconds a request may wait in a model's queue before it is answered UNAVAILABLE (0: no limit)",
+    )
     export.add_argument(
         "--decoder-runner",
         default=contract.DECODER_RUNNERS[0],

@@ -41,6 +41,11 @@ class TensorSpec:
 class BatchingSpec:
     max_queue_delay_us: int = 2000
     preferred_batch_sizes: tuple[int, ...] = ()
+    # Overload: past `max_queue_size` waiting requests, or after `queue_timeout_us` in the queue, a request is
+    # rejected at once (UNAVAILABLE) instead of waiting until its client gives up. 0 keeps Triton's default
+    # (unbounded, no timeout). Clients may shorten the timeout per request (`timeout` parameter).
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +116,12 @@ class ModelSpec:
         if self.batching is not None:
             config.dynamic_batching.max_queue_delay_microseconds = self.batching.max_queue_delay_us
             config.dynamic_batching.preferred_batch_size.extend(self.batching.preferred_batch_sizes)
+            if self.batching.max_queue_size or self.batching.queue_timeout_us:
+                policy = config.dynamic_batching.default_queue_policy
+                policy.timeout_action = pb.ModelQueuePolicy.TimeoutAction.Value("REJECT")
+                policy.default_timeout_microseconds = self.batching.queue_timeout_us
+                policy.allow_timeout_override = True
+                policy.max_queue_size = self.batching.max_queue_size
         if self.backend != "ensemble":
             config.instance_group.append(
                 pb.ModelInstanceGroup(

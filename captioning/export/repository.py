@@ -23,6 +23,10 @@ GENERATOR_GRAPHS = contract.GENERATOR_GRAPHS
 class RepositoryOptions:
     max_batch_size: int = contract.MAX_BATCH_SIZE
     max_queue_delay_us: int = 2000
+    # Load shedding (docs/reliability.md): each model queues at most this many requests and for at most this
+    # long; past either, a request is answered UNAVAILABLE at once. 0 switches the bound off.
+    max_queue_size: int = contract.MAX_QUEUE_SIZE
+    queue_timeout_s: float = contract.QUEUE_TIMEOUT_S
     # How generators reach their graphs: "inprocess" (ONNX Runtime inside the generator's process: no tensor
     # copies through Triton per token, the fast path on CPU) or "bls" (calls to the graph models through
     # Triton, for GPU nodes whose graph models run on Triton's native TensorRT/ONNX Runtime backends).
@@ -48,6 +52,8 @@ class RepositoryOptions:
             self.gpu.validate()
         if not 1 <= self.max_batch_size <= 256:
             raise ValueError(f"max_batch_size must be in 1..256, got {self.max_batch_size}")
+        if self.max_queue_size < 0 or self.queue_timeout_s < 0:
+            raise ValueError("max_queue_size and queue_timeout_s must be >= 0 (0: no bound)")
         if self.decoder_runner not in contract.DECODER_RUNNERS:
             raise ValueError(f"decoder_runner must be 'bls' or 'inprocess', got {self.decoder_runner!r}")
         for name, count in self.instance_counts:
@@ -60,6 +66,13 @@ class RepositoryOptions:
                 raise ValueError(f"instance count of {name} must be in 1..16, got {count}")
         if self.cpu_slots != "auto" and not (self.cpu_slots.isdigit() and int(self.cpu_slots) <= 1024):
             raise ValueError(f"cpu_slots must be 'auto' or an int in 0..1024, got {self.cpu_slots!r}")
+
+    def batching(self) -> BatchingSpec:
+        return BatchingSpec(
+            self.max_queue_delay_us,
+            max_queue_size=self.max_queue_size,
+            queue_timeout_us=int(self.queue_timeout_s * 1_000_000),
+        )
 
     def runner_parameters(self) -> dict[str, str]:
         """Model parameters of every model that runs ONNX graphs."""
@@ -105,7 +118,7 @@ def _graph_spec(name: str, meta: dict, options: RepositoryOptions, batched: bool
         inputs=tuple(TensorSpec(t, dtype(t), dims(t)) for t in meta["input_names"]),
         outputs=tuple(TensorSpec(t, dtype(t), dims(t)) for t in meta["output_names"]),
         max_batch_size=options.max_batch_size if batched else 0,
-        batching=BatchingSpec(options.max_queue_delay_us) if batched else None,
+        batching=options.batching() if batched else None,
         parameters=options.runner_parameters(),
     )
 
@@ -130,7 +143,7 @@ def _specs(
 ) -> list[ModelSpec]:
     c = contract
     mbs = options.max_batch_size
-    batching = BatchingSpec(options.max_queue_delay_us)
+    batching = options.batching()
     image = TensorSpec(c.IMAGE_INPUT, "STRING", (1,))
     caption_en = TensorSpec(c.CAPTION_EN, "STRING", (1,))
     height, width = image_size

@@ -26,6 +26,7 @@ from captioning.client import (
     GenerationOptions,
     InvalidInputError,
     ModelNotReadyError,
+    ServerBusyError,
     ServerUnreachableError,
     cli,
     parse_endpoint,
@@ -232,6 +233,9 @@ def test_translate_input_checks() -> None:
         ("Request for unknown model: 'translator' is not found", "404", ModelNotReadyError),
         ("Request for unknown model: 'x' has no available versions", "400", ModelNotReadyError),
         ("Server not ready", "503", ServerUnreachableError),
+        ("Exceeds maximum queue size", "StatusCode.UNAVAILABLE", ServerBusyError),
+        ("Request timeout expired", "StatusCode.UNAVAILABLE", ServerBusyError),
+        ("Exceeds maximum queue size", "503", ServerBusyError),
         ("segfault in backend", "StatusCode.INTERNAL", CaptionError),
         ("oops", "500", CaptionError),
     ],
@@ -244,6 +248,47 @@ def test_triton_exceptions_map_to_hierarchy(msg: str, status: str, expected: typ
         assert str(mapped) == msg  # the server's own words reach the caller
     else:
         assert msg in str(mapped) and "grpc://h:1" in str(mapped)
+
+
+class _BusyTwice:
+    """A transport whose first answers are Triton's load shedding."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy, self.calls, self.timeouts = busy, 0, []
+
+    def infer(self, model, inputs, **kwargs):
+        self.calls += 1
+        self.timeouts.append(kwargs["timeout"])
+        if self.calls <= self.busy:
+            raise InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE")
+        return FakeResult(translation=np.array([[b"ok"]], dtype=object))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("retries", "busy", "succeeds"), [(0, 1, False), (2, 2, True), (2, 3, False)])
+def test_shed_requests_are_retried_a_bounded_number_of_times(retries, busy, succeeds, monkeypatch) -> None:
+    from captioning.client import RetryPolicy
+
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    client = CaptionClient("localhost:1", timeout_s=7, retry=RetryPolicy(retries=retries, backoff_s=0.01))
+    client._client = transport = _BusyTwice(busy)
+    if succeeds:
+        assert client.translate("a dog") == "ok"
+    else:
+        with pytest.raises(ServerBusyError, match="overloaded and shed the request"):
+            client.translate("a dog")
+    assert transport.calls == min(busy, retries) + 1
+    assert set(transport.timeouts) == {7_000_000}  # the client's deadline travels with the request
+
+
+def test_retry_backoff_grows_and_is_capped() -> None:
+    from captioning.client import RetryPolicy
+
+    delays = list(RetryPolicy(retries=6, backoff_s=1.0, max_backoff_s=4.0).delays())
+    assert len(delays) == 6 and all(0.5 <= d <= 4.0 for d in delays)
+    assert max(delays[:1]) <= 1.0 and min(delays[3:]) >= 2.0
 
 
 def test_transport_exceptions_map_to_hierarchy() -> None:

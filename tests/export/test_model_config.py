@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tritonclient.grpc import model_config_pb2
 
 from captioning.export.model_config import (
     BatchingSpec,
@@ -123,3 +124,25 @@ def test_cpu_slots_reach_every_model_that_runs_graphs(tmp_path, runner):
     for bad in ("-1", "many", "2000"):
         with pytest.raises(ValueError, match="cpu_slots"):
             RepositoryOptions(cpu_slots=bad).validate()
+
+
+def test_every_batched_model_sheds_load_past_its_queue(tmp_path):
+    specs = model_specs(GRAPH_META, (96, 96), RepositoryOptions(max_queue_size=7, queue_timeout_s=2.5))
+    batched = [s for s in specs if s.batching is not None]
+    assert {s.name for s in batched} >= {"image_preprocess", "blip_vision", "caption_generator", "translator"}
+    for spec in batched:
+        policy = read_config(spec.write(tmp_path)).dynamic_batching.default_queue_policy
+        assert policy.max_queue_size == 7 and policy.default_timeout_microseconds == 2_500_000
+        assert (
+            policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+            and policy.allow_timeout_override
+        )
+
+
+def test_queue_bounds_can_be_switched_off(tmp_path):
+    (spec,) = [
+        s
+        for s in model_specs(GRAPH_META, (96, 96), RepositoryOptions(max_queue_size=0, queue_timeout_s=0))
+        if s.name == "translator"
+    ]
+    assert not read_config(spec.write(tmp_path)).dynamic_batching.HasField("default_queue_policy")

@@ -39,6 +39,9 @@ IMAGE_EMBEDS = "image_embeds"
 CAPTION_EN = "caption_en"
 CAPTION_AR = "caption_ar"
 TEXT_INPUT = "text"  # TYPE_STRING [1]: UTF-8 English text
+# The translator's input inside `arabic_caption`: the caption the pipeline wrote (not user text, so not held to
+# MAX_SOURCE_TOKENS). A translator request carries exactly one of `text` and this.
+CAPTION_INPUT = CAPTION_EN
 TRANSLATION_OUTPUT = "translation"
 
 
@@ -85,6 +88,7 @@ PARAM_INTRA_OP_THREADS = "intra_op_threads"  # "0": ONNX Runtime decides
 PARAM_CPU_SLOTS = "cpu_slots"  # "0", "N" or "auto"
 PARAM_MAX_PIXELS = "max_pixels"
 PARAM_MAX_SOURCE_TOKENS = "max_source_tokens"
+PARAM_MAX_CAPTION_TOKENS = "max_caption_tokens"  # the encoder's positions
 PARAM_SRC_LANG = "src_lang"
 PARAM_DEVICE = "device"  # torch runner: "cpu", "cuda" or "cuda:N"
 PARAM_PRECISION = "precision"  # torch runner: "fp32" (exact), "bf16" or "fp16"

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from captioning.decoding import GenerationCancelled
+
 
 def invalid(message: str) -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse(
@@ -20,6 +22,10 @@ def invalid(message: str) -> pb_utils.InferenceResponse:
 
 def internal(message: str) -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+
+def has_input(request, name: str) -> bool:
+    return pb_utils.get_input_tensor_by_name(request, name) is not None
 
 
 def input_array(request, name: str):
@@ -71,22 +77,32 @@ def respond_per_row(
 
 
 def error_response(error: BaseException) -> pb_utils.InferenceResponse:
-    """ValueErrors are the client's fault (INVALID_ARG); anything else is an internal error."""
+    """ValueErrors are the client's fault (INVALID_ARG), a cancelled decode is CANCELLED, anything else is an
+    internal error."""
     if isinstance(error, ValueError):
         return invalid(str(error))
+    if isinstance(error, GenerationCancelled):
+        code = getattr(pb_utils.TritonError, "CANCELLED", pb_utils.TritonError.UNAVAILABLE)
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error), code))
     return internal(f"{type(error).__name__}: {error}")
+
+
+def cancelled(request) -> Callable[[], bool]:
+    """Whether Triton marked the request cancelled (its client went away); never, on stubs without it."""
+    check = getattr(request, "is_cancelled", None)
+    return check if callable(check) else (lambda: False)
 
 
 def run_rows(
     requests: Sequence,
     parse: Callable[[object], tuple[list[object], object]],
-    run: Callable[[list[object], list[object]], list[object]],
+    run: Callable[[list[object], list[object], list[Callable[[], bool]]], list[object]],
     build: Callable[[list[object]], list[pb_utils.Tensor]],
 ) -> list[pb_utils.InferenceResponse]:
     """Batch the rows of every valid request into one `run` call; invalid requests fail alone, up front.
 
     `parse(request)` returns the request's rows and its options (raising ValueError for bad input);
-    `run(rows, options_per_row)` returns one result or exception per row.
+    `run(rows, options_per_row, cancelled_per_row)` returns one result or exception per row.
     """
     parsed: list[tuple[list[object], object] | BaseException] = []
     for request in requests:
@@ -96,12 +112,14 @@ def run_rows(
             parsed.append(exc)
     rows: list[object] = []
     row_options: list[object] = []
-    for item in parsed:
+    row_cancelled: list[Callable[[], bool]] = []
+    for request, item in zip(requests, parsed, strict=True):
         if not isinstance(item, BaseException):
             rows.extend(item[0])
             row_options.extend([item[1]] * len(item[0]))
+            row_cancelled.extend([cancelled(request)] * len(item[0]))
     try:
-        results = run(rows, row_options) if rows else []
+        results = run(rows, row_options, row_cancelled) if rows else []
     except Exception as exc:  # a bug in the stage: fail these requests, keep the model alive
         results = [exc] * len(rows)
     responses, start = [], 0

@@ -124,11 +124,13 @@ class Project:
 
         from captioning.decoding import Overrides
         from captioning.runtime.preprocess import preprocess_bytes
+        from captioning.runtime.stages import Source
 
         pixels = np.stack([preprocess_bytes(d, self.config) for d in images])
         embeds = self.vision.run({contract.PIXEL_VALUES: pixels})[contract.IMAGE_EMBEDS]
         english = self.caption.run(list(embeds), [Overrides(num_beams=beams[0])] * len(images))
-        arabic = self.translation.run(english, [Overrides(num_beams=beams[1])] * len(images))
+        sources = [Source(e, generated=True) if isinstance(e, str) else e for e in english]
+        arabic = self.translation.run(sources, [Overrides(num_beams=beams[1])] * len(images))
         failed = [r for r in english + arabic if isinstance(r, Exception)]
         if failed:
             raise failed[0]

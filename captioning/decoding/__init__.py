@@ -5,13 +5,14 @@ the next token is chosen from them.
 """
 
 from captioning.decoding.decoder import CallableDecoder, Decoder, DecoderSession
-from captioning.decoding.generate import generate
+from captioning.decoding.generate import GenerationCancelled, generate
 from captioning.decoding.settings import GenerationSettings, Overrides
 from captioning.decoding.vocab import VocabMap
 
 __all__ = [
     "CallableDecoder",
     "Decoder",
+    "GenerationCancelled",
     "DecoderSession",
     "GenerationSettings",
     "Overrides",

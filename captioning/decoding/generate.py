@@ -7,6 +7,8 @@ processors the checkpoints' generation configs switch on) in numpy; it imports n
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from captioning.decoding.beam_search import beam_search
@@ -15,7 +17,41 @@ from captioning.decoding.greedy import greedy_search
 from captioning.decoding.settings import GenerationSettings
 from captioning.decoding.vocab import VocabMap
 
-__all__ = ["generate"]
+
+class _Stoppable:
+    """A Decoder whose sessions ask `should_stop` before each step: both searches stop the same way."""
+
+    def __init__(self, decoder: Decoder, should_stop: Callable[[], bool]) -> None:
+        self.decoder, self.should_stop = decoder, should_stop
+
+    def start(self, states, mask, beams):
+        session = self.decoder.start(states, mask, beams)
+        return _StoppableSession(session, self.should_stop)
+
+
+class _StoppableSession:
+    def __init__(self, session, should_stop: Callable[[], bool]) -> None:
+        self.session, self.should_stop = session, should_stop
+        if hasattr(session, "step_candidates"):  # keep the device path when the session has one
+            self.step_candidates = self._checked(session.step_candidates)
+            self.step_argmax = self._checked(session.step_argmax)
+        self.step = self._checked(session.step)
+        self.reorder = session.reorder
+
+    def _checked(self, method):
+        def call(*args):
+            if self.should_stop():
+                raise GenerationCancelled("every request of this batch was cancelled")
+            return method(*args)
+
+        return call
+
+
+__all__ = ["GenerationCancelled", "generate"]
+
+
+class GenerationCancelled(Exception):
+    """Every request of a batch was cancelled (its client went away or gave up): decoding stopped."""
 
 
 def generate(
@@ -24,12 +60,14 @@ def generate(
     encoder_attention_mask: np.ndarray,
     settings: GenerationSettings,
     vocab: VocabMap | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[list[int]]:
     """Decode every batch item; returns, per item, the ids HF `generate()` returns for it alone (prompt
     included, nothing after EOS / the end of the best hypothesis).
 
     With `vocab` the decoder scores the positions of a trimmed vocabulary: settings (in tokenizer ids) move
-    into that space here and outputs move back, so callers only ever see tokenizer ids.
+    into that space here and outputs move back, so callers only ever see tokenizer ids. `should_stop` is
+    asked before every step; when it answers True decoding stops with `GenerationCancelled`.
     """
     settings.validate()
     if encoder_hidden_states.shape[0] != encoder_attention_mask.shape[0]:
@@ -38,5 +76,8 @@ def generate(
         return []
     search = greedy_search if settings.num_beams == 1 else beam_search
     inner = vocab.remap(settings) if vocab is not None else settings
-    outputs = search(as_decoder(decoder), encoder_hidden_states, encoder_attention_mask, inner)
+    decoder = as_decoder(decoder)
+    if should_stop is not None:
+        decoder = _Stoppable(decoder, should_stop)
+    outputs = search(decoder, encoder_hidden_states, encoder_attention_mask, inner)
     return [vocab.to_full(seq) for seq in outputs] if vocab is not None else outputs

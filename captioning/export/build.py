@@ -157,6 +157,7 @@ def build_repository(
             src_lang=options.source_lang,
             # Longer text would index past mBART's learned positions.
             max_source_tokens=min(options.repository.max_source_tokens, mbart.config.max_position_embeddings),
+            max_caption_tokens=mbart.config.max_position_embeddings,
         )
         staging = work / "repository"
         write_repository(staging, graphs, assets, settings, image_size, manifest, repository)

@@ -40,6 +40,7 @@ class RepositoryOptions:
     instance_counts: tuple[tuple[str, int], ...] = ()
     max_pixels: int = contract.MAX_PIXELS
     max_source_tokens: int = contract.MAX_SOURCE_TOKENS
+    max_caption_tokens: int = 1024  # the translator's encoder positions (set from the checkpoint at export)
     src_lang: str = contract.SOURCE_LANG
     gpu: GpuOptions | None = None  # None: the CPU repository; see captioning/export/gpu.py
 
@@ -160,7 +161,7 @@ def _specs(
         step(c.CAPTION_MODEL, c.IMAGE_EMBEDS, c.CAPTION_EN),
     ]
     translate = EnsembleStep(
-        c.TRANSLATOR_MODEL, {c.TEXT_INPUT: c.CAPTION_EN}, {c.TRANSLATION_OUTPUT: c.CAPTION_AR}
+        c.TRANSLATOR_MODEL, {c.CAPTION_INPUT: c.CAPTION_EN}, {c.TRANSLATION_OUTPUT: c.CAPTION_AR}
     )
     return [
         ModelSpec(
@@ -183,7 +184,11 @@ def _specs(
         ),
         ModelSpec(
             c.TRANSLATOR_MODEL,
-            (TensorSpec(c.TEXT_INPUT, "STRING", (1,)),),
+            # user text, or (inside arabic_caption) the caption the pipeline wrote: one of the two per request
+            (
+                TensorSpec(c.TEXT_INPUT, "STRING", (1,), optional=True),
+                TensorSpec(c.CAPTION_INPUT, "STRING", (1,), optional=True),
+            ),
             (TensorSpec(c.TRANSLATION_OUTPUT, "STRING", (1,)),),
             max_batch_size=mbs,
             batching=batching,
@@ -191,6 +196,7 @@ def _specs(
                 **generator_params,
                 c.PARAM_SRC_LANG: options.src_lang,
                 c.PARAM_MAX_SOURCE_TOKENS: str(options.max_source_tokens),
+                c.PARAM_MAX_CAPTION_TOKENS: str(options.max_caption_tokens),
             },
         ),
         *_ensembles(image, caption_en, mbs, preprocess, translate),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +18,14 @@ from typing import TypeVar
 
 import numpy as np
 
-from captioning.decoding import Decoder, GenerationSettings, Overrides, VocabMap, generate
+from captioning.decoding import (
+    Decoder,
+    GenerationCancelled,
+    GenerationSettings,
+    Overrides,
+    VocabMap,
+    generate,
+)
 from captioning.runtime.graphs import GraphRunner
 from captioning.runtime.tokenization import TextCodec
 
@@ -27,18 +35,49 @@ Item = TypeVar("Item")
 Result = str | Exception
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Text to translate. User text is held to the user-text rules (not empty, at most the user-text limit);
+    a caption the pipeline wrote itself (`generated`) only to the encoder's positions, so an image never fails
+    because of its own caption (docs/reliability.md), and an empty caption is translated as `generate()` would."""
+
+    text: str
+    max_tokens: int | None = None  # None: the codec's user-text limit
+    generated: bool = False
+
+
 def load_settings(path: str | Path) -> GenerationSettings:
     return GenerationSettings.from_dict(json.loads(Path(path).read_text()))
+
+
+Cancelled = Callable[[], bool]
+CANCEL_CHECK_S = 0.25  # asking Triton whether a request was cancelled is a round trip: at most this often
+
+
+class _GroupCancelled:
+    """True once every request of a group was cancelled; asks at most every CANCEL_CHECK_S."""
+
+    def __init__(self, checks: list[Cancelled]) -> None:
+        self.checks, self.next_check, self.answer = checks, 0.0, False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self.answer and now >= self.next_check:
+            self.next_check = now + CANCEL_CHECK_S
+            self.answer = all(check() for check in self.checks)
+        return self.answer
 
 
 def run_grouped(
     items: Sequence[Item | Exception],
     settings: Sequence[GenerationSettings | Exception],
-    run_group: Callable[[list[Item], GenerationSettings], list[str]],
+    run_group: Callable[[list[Item], GenerationSettings, Cancelled | None], list[str]],
     what: str,
+    cancelled: Sequence[Cancelled] | None = None,
 ) -> list[Result]:
     """Run every group of items that share settings as one batch; an item or settings that is already an
-    exception stays that request's result, and a group that fails fails only its own requests."""
+    exception stays that request's result, and a group that fails fails only its own requests. A group whose
+    requests were all cancelled (`cancelled[i]()` true for each) stops decoding between steps."""
     results: list[Result] = [
         item if isinstance(item, Exception) else s if isinstance(s, Exception) else RuntimeError("not run")
         for item, s in zip(items, settings, strict=True)
@@ -48,10 +87,15 @@ def run_grouped(
         if not isinstance(item, Exception) and not isinstance(s, Exception):
             groups[s].append(index)
     for group_settings, indices in groups.items():
+        stop = _GroupCancelled([cancelled[i] for i in indices]) if cancelled is not None else None
         try:
-            outputs = run_group([items[i] for i in indices], group_settings)  # type: ignore[misc]
+            outputs = run_group([items[i] for i in indices], group_settings, stop)  # type: ignore[misc]
             for i, text in zip(indices, outputs, strict=True):
                 results[i] = text
+        except GenerationCancelled as exc:
+            LOG.info("%s of %d requests stopped: every one was cancelled", what, len(indices))
+            for i in indices:
+                results[i] = exc
         except Exception as exc:  # a failed group must not take down the others
             LOG.exception("%s failed for %d requests", what, len(indices))
             for i in indices:
@@ -83,12 +127,15 @@ class CaptionStage:
     def max_new_tokens_limit(self) -> int:
         return self.settings.max_new_tokens
 
-    def run(self, embeds: Sequence[np.ndarray], options: Sequence[Overrides]) -> list[Result]:
-        return run_grouped(
-            list(embeds), _per_request(self.settings, options), self._caption, "caption generation"
-        )
+    def run(
+        self, embeds: Sequence, options: Sequence[Overrides], cancelled: Sequence[Cancelled] | None = None
+    ) -> list[Result]:
+        per_request = _per_request(self.settings, options)
+        return run_grouped(list(embeds), per_request, self._caption, "caption generation", cancelled)
 
-    def _caption(self, embeds: list, settings: GenerationSettings) -> list[str]:
+    def _caption(
+        self, embeds: list, settings: GenerationSettings, stop: Cancelled | None = None
+    ) -> list[str]:
         if isinstance(embeds[0], np.ndarray):
             states = np.stack(embeds).astype(np.float32, copy=False)
         else:  # torch tensors on the decoder's device (GPU repositories, through DLPack): they stay there
@@ -96,7 +143,8 @@ class CaptionStage:
 
             states = torch.stack(embeds)
         mask = np.ones(tuple(states.shape[:2]), dtype=np.int64)
-        return [self.codec.decode(seq) for seq in generate(self.decoder, states, mask, settings)]
+        outputs = generate(self.decoder, states, mask, settings, should_stop=stop)
+        return [self.codec.decode(seq) for seq in outputs]
 
 
 @dataclasses.dataclass
@@ -125,16 +173,28 @@ class TranslationStage:
         out = self.encoder.run({"input_ids": input_ids, "attention_mask": attention_mask})
         return out["last_hidden_state"]
 
-    def run(self, texts: Sequence[str], options: Sequence[Overrides]) -> list[Result]:
+    def run(
+        self,
+        texts: Sequence[str | Source],
+        options: Sequence[Overrides],
+        cancelled: Sequence[Cancelled] | None = None,
+    ) -> list[Result]:
         token_ids: list[list[int] | Exception] = []
-        for text in texts:
+        for item in texts:
+            source = item if isinstance(item, Source) else Source(item)
             try:
-                token_ids.append(self.codec.encode(text))
+                token_ids.append(
+                    self.codec.encode(source.text, source.max_tokens, allow_empty=source.generated)
+                )
             except Exception as exc:  # too long, or a tokenizer error: this request only
                 token_ids.append(exc)
-        return run_grouped(token_ids, _per_request(self.settings, options), self._translate, "translation")
+        per_request = _per_request(self.settings, options)
+        return run_grouped(token_ids, per_request, self._translate, "translation", cancelled)
 
-    def _translate(self, token_ids: list[list[int]], settings: GenerationSettings) -> list[str]:
+    def _translate(
+        self, token_ids: list[list[int]], settings: GenerationSettings, stop: Cancelled | None = None
+    ) -> list[str]:
         ids, mask = self.codec.pad(token_ids)
         states = self.encode(ids, mask)
-        return [self.codec.decode(seq) for seq in generate(self.decoder, states, mask, settings, self.vocab)]
+        outputs = generate(self.decoder, states, mask, settings, self.vocab, should_stop=stop)
+        return [self.codec.decode(seq) for seq in outputs]

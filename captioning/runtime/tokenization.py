@@ -35,7 +35,14 @@ def spm_protobuf_compat() -> Iterator[None]:
 
 
 class TextTooLongError(ValueError):
-    """The text needs more tokens than the encoder's positions allow."""
+    """The text needs more tokens than the limit allows (user text) or the encoder's positions (captions)."""
+
+
+class EmptyTextError(ValueError):
+    """Nothing to translate: refused by rule, so an empty request never costs a decode."""
+
+
+MAX_CHARS_PER_TOKEN = 32  # SentencePiece pieces are at most 16 characters; twice that leaves room
 
 
 @dataclasses.dataclass
@@ -63,10 +70,19 @@ class TextCodec:
             raise ValueError(f"tokenizer has no token {token!r}")
         return int(token_id)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, max_tokens: int | None = None, allow_empty: bool = False) -> list[int]:
+        """Token ids of `text`; refuses empty text and text over `max_tokens` (default: the user-text limit).
+
+        A SentencePiece piece covers at most `MAX_CHARS_PER_TOKEN` characters, so text longer than that many
+        characters per allowed token is refused before it is tokenised (a 1 MB text costs nothing)."""
+        limit = self.max_source_tokens if max_tokens is None else max_tokens
+        if not allow_empty and not text.strip():
+            raise EmptyTextError("text is empty")
+        if len(text) > MAX_CHARS_PER_TOKEN * limit:
+            raise TextTooLongError(f"text is {len(text)} characters long; the limit is {limit} tokens")
         ids = self.tokenizer(text)["input_ids"]
-        if len(ids) > self.max_source_tokens:
-            raise TextTooLongError(f"text is {len(ids)} tokens long; the limit is {self.max_source_tokens}")
+        if len(ids) > limit:
+            raise TextTooLongError(f"text is {len(ids)} tokens long; the limit is {limit}")
         return list(ids)
 
     def pad(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -67,7 +67,7 @@ def test_run_rows_batches_valid_requests_and_fails_bad_ones_alone(glue, pb):
             raise ValueError("this one is bad")
         return rows, "opts"
 
-    def run(rows, options):
+    def run(rows, options, cancelled):
         calls.append((list(rows), list(options)))
         return [r.decode().upper() for r in rows]
 
@@ -85,7 +85,7 @@ def test_run_rows_batches_valid_requests_and_fails_bad_ones_alone(glue, pb):
 
 
 def test_run_rows_survives_a_bug_in_the_stage(glue, pb):
-    def run(rows, options):
+    def run(rows, options, cancelled):
         raise ZeroDivisionError("oops")
 
     requests = [FakeRequest({"text": _strings(b"a")}), FakeRequest({"text": _strings(b"b")})]
@@ -163,6 +163,50 @@ def test_caption_adapter_answers_each_request(pb):
     ]
     assert got == expected
     assert not responses[3].has_error()
+
+
+def test_translator_adapter_holds_only_user_text_to_the_user_limit(pb):
+    adapter = _adapter("translator")
+    adapter.caption_limit = 64
+    adapter.stage = TranslationStage(
+        encoder=FakeEncoder(),
+        decoder=FakeDecoder(),
+        settings=SETTINGS,
+        codec=TextCodec(FakeTokenizer(), max_source_tokens=6),
+    )
+    long = b"a caption longer than six tokens"
+    both = FakeRequest({contract.TEXT_INPUT: _strings(b"a"), contract.CAPTION_INPUT: _strings(b"b")})
+    responses = adapter.execute(
+        [
+            FakeRequest({contract.CAPTION_INPUT: _strings(long)}),  # what arabic_caption sends
+            FakeRequest({contract.TEXT_INPUT: _strings(long)}),  # the same words as user text
+            both,
+            FakeRequest({}),
+            FakeRequest({contract.TEXT_INPUT: _strings(b"   ")}),
+        ]
+    )
+    assert not responses[0].has_error()
+    assert "the limit is 6" in responses[1].error().message()
+    assert "send exactly one of the inputs 'text' and 'caption_en'" in responses[2].error().message()
+    assert "send exactly one" in responses[3].error().message()
+    assert responses[4].error().message() == "text is empty"
+    assert {r.error().code() for r in responses[1:]} == {pb.TritonError.INVALID_ARG}
+
+
+def test_a_huge_text_is_refused_without_tokenising_it():
+    class Counting(FakeTokenizer):
+        calls = 0
+
+        def __call__(self, text):
+            Counting.calls += 1
+            return super().__call__(text)
+
+    from captioning.runtime.tokenization import TextTooLongError
+
+    codec = TextCodec(Counting(), max_source_tokens=256)
+    with pytest.raises(TextTooLongError, match="1000000 characters long; the limit is 256 tokens"):
+        codec.encode("x" * 1_000_000)
+    assert Counting.calls == 0
 
 
 def test_translator_adapter_refuses_bad_text_by_name(pb):

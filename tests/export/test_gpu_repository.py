@@ -152,7 +152,9 @@ def test_the_gpu_generators_run_the_torch_runner(
 
     translator = _adapter(repository, contract.TRANSLATOR_MODEL, monkeypatch)
     texts = np.array([[c.encode()] for c in captions], dtype=np.object_)
-    (response,) = translator.execute([FakeRequest({contract.TEXT_INPUT: texts})])
+    (response,) = translator.execute(
+        [FakeRequest({contract.CAPTION_INPUT: texts})]
+    )  # as arabic_caption sends
     out = [
         r[0].decode()
         for r in fake_pb_utils.get_output_tensor_by_name(response, contract.TRANSLATION_OUTPUT).as_numpy()

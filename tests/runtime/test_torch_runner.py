@@ -14,7 +14,7 @@ import torch
 from captioning import contract
 from captioning.decoding import Overrides
 from captioning.runtime.preprocess import PreprocessConfig, preprocess_bytes
-from captioning.runtime.stages import CaptionStage, TranslationStage
+from captioning.runtime.stages import CaptionStage, Source, TranslationStage
 from captioning.runtime.tokenization import TextCodec
 from captioning.runtime.torch_runner import (
     TorchOptions,
@@ -107,9 +107,10 @@ def test_torch_runner_equals_generate(models, fixture_checkpoints, images, devic
     # Unequal sources in one batch: the served captions, batched as the translator receives them.
     codec = TextCodec.load(fixture_checkpoints.mbart, src_lang=contract.SOURCE_LANG)
     stage = TranslationStage(encoder, translation_decoder, translation_settings, codec)
-    translations = stage.run(captions, [Overrides(num_beams=beams)] * len(captions))
+    served = [Source(c, generated=True) for c in captions]  # as arabic_caption hands them to the translator
+    translations = stage.run(served, [Overrides(num_beams=beams)] * len(captions))
     tokenizer = AutoTokenizer.from_pretrained(str(fixture_checkpoints.mbart), src_lang=contract.SOURCE_LANG)
-    assert len({len(codec.encode(c)) for c in captions}) > 1  # the batch really is padded
+    assert len({len(codec.encode(c, allow_empty=True)) for c in captions}) > 1  # the batch really is padded
     assert translations == _reference_translations(mbart_cpu, tokenizer, captions, beams)
 
 

@@ -6,10 +6,10 @@ moves tensors and errors between Triton and those modules.
 
 from captioning import contract
 from captioning.backend.runners import ModelContext
-from captioning.backend.triton_utils import run_rows, string_rows, string_tensor
+from captioning.backend.triton_utils import has_input, run_rows, string_rows, string_tensor
 from captioning.decoding import VocabMap
 from captioning.runtime.options import stage_options
-from captioning.runtime.stages import TranslationStage, load_settings
+from captioning.runtime.stages import Source, TranslationStage, load_settings
 from captioning.runtime.tokenization import TextCodec
 
 
@@ -18,6 +18,7 @@ class TritonPythonModel:
         model = ModelContext.setup(args)
         graphs = model.graphs()
         params = model.parameters
+        self.caption_limit = int(params.get(contract.PARAM_MAX_CAPTION_TOKENS, "1024"))
         vocab = model.directory / "vocab.json"  # only with --translator-vocab (opt-in, not token-exact)
         settings = load_settings(model.directory / "generation.json")
         self.stage = TranslationStage(
@@ -35,12 +36,20 @@ class TritonPythonModel:
         )
 
     def _parse(self, request):
+        """User text (`text`, held to the user-text limit) or a caption the pipeline wrote (`caption_en`)."""
+        if has_input(request, contract.TEXT_INPUT) == has_input(request, contract.CAPTION_INPUT):
+            raise ValueError(
+                f"send exactly one of the inputs {contract.TEXT_INPUT!r} and {contract.CAPTION_INPUT!r}"
+            )
+        caption = has_input(request, contract.CAPTION_INPUT)
+        name = contract.CAPTION_INPUT if caption else contract.TEXT_INPUT
         texts = []
-        for raw in string_rows(request, contract.TEXT_INPUT):
+        for raw in string_rows(request, name):
             try:
-                texts.append(raw.decode("utf-8"))
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ValueError(f"text is not valid UTF-8: {exc}") from None
+            texts.append(Source(text, self.caption_limit, generated=True) if caption else text)
         options = stage_options(
             request.parameters(), contract.TRANSLATION_STAGE, self.stage.max_new_tokens_limit
         )

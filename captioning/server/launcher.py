@@ -45,6 +45,10 @@ class ServerOptions:
     log_file: Path | None = None
     # GPU repositories: Triton's CUDA pool for tensors crossing model boundaries (None: the manifest's, if any).
     cuda_memory_pool_bytes: int | None = None
+    # Reload a model whose stub process died (captioning/server/watchdog.py); needs explicit model control.
+    watchdog: bool = True
+    # Graceful shutdown: how long the server lets in-flight requests finish after SIGINT/SIGTERM.
+    exit_timeout_s: int = 30
 
     @classmethod
     def on_free_ports(cls, repository: Path, **kwargs) -> ServerOptions:
@@ -133,10 +137,13 @@ def command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
         "--allow-gpu-metrics=false",
         "--exit-on-error=true",
         "--strict-readiness=true",
+        f"--exit-timeout-secs={options.exit_timeout_s}",
         f"--log-verbose={options.log_verbose}",
         f"--backend-config=python,shm-default-byte-size={options.shm_default_byte_size}",
         "--backend-config=python,shm-growth-byte-size=16777216",
     ]
+    if options.watchdog:  # the watchdog reloads models through the repository API
+        args += ["--model-control-mode=explicit", "--load-model=*"]
     pool = options.cuda_memory_pool_bytes or repository_manifest(options.repository).get(
         "cuda_memory_pool_byte_size"
     )
@@ -173,6 +180,7 @@ class TritonServer:
     def __init__(self, options: ServerOptions):
         self.options = options
         self.process: subprocess.Popen | None = None
+        self.watchdog = None
         self._log_handle = None
 
     @property
@@ -195,6 +203,11 @@ class TritonServer:
             stdout = self._log_handle
         self.process = subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.STDOUT)
         self.wait_ready()
+        if self.options.watchdog:
+            from captioning.server.watchdog import StubWatchdog
+
+            self.watchdog = StubWatchdog(self.process.pid, self.options.http_port)
+            self.watchdog.start()
         return self
 
     def wait_ready(self) -> None:
@@ -217,20 +230,37 @@ class TritonServer:
         self.stop()
         raise ServerError(f"tritonserver was not ready within {self.options.ready_timeout_s:.0f} s")
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float | None = None) -> None:
+        """SIGINT, then wait while Triton drains in-flight requests (its exit timeout, plus a margin)."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                LOG.warning("tritonserver did not stop within %.0f s; killing it", timeout_s)
-                self.process.kill()
-                self.process.wait()
+            self.wait_drained(time.monotonic(), timeout_s or self.options.exit_timeout_s + 15.0)
         if self.process is not None:
             remove_server_slots(self.process.pid)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
+
+    def wait_drained(self, since: float, timeout_s: float) -> None:
+        """Wait for the process to exit after its stop signal; kill it past `timeout_s`. A model whose stub
+        died and was reloaded leaves its lost instance behind, which Triton waits for until its exit timeout:
+        once every live stub has exited (everything in flight finished), nothing is lost by ending it."""
+        assert self.process is not None
+        while self.process.poll() is None:
+            time.sleep(0.2)
+            lost_only = bool(self.watchdog and self.watchdog.restarts) and not self.live_stubs()
+            if lost_only or time.monotonic() - since > timeout_s:
+                if not lost_only:
+                    LOG.warning("tritonserver did not stop within %.0f s; killing it", timeout_s)
+                self.process.kill()
+                self.process.wait()
+
+    def live_stubs(self):
+        from captioning.server.watchdog import stub_models
+
+        return stub_models(self.process.pid) if self.process is not None else {}
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -245,17 +275,22 @@ def running_server(options: ServerOptions) -> Iterator[TritonServer]:
         yield server
 
 
-def serve_forever(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
+def serve_forever(options: ServerOptions) -> int:
     """Run in the foreground until SIGINT/SIGTERM; forward the signal so the server drains and exits.
 
-    The handler only forwards the signal: waiting inside it would deadlock with the main thread's wait.
+    On the signal Triton stops accepting requests and lets in-flight ones finish for up to `exit_timeout_s`;
+    the launcher kills it only if it is still there well after that. The handler only forwards the signal:
+    waiting inside it would deadlock with the main thread's wait.
     """
     server = TritonServer(options)
     stop_requested: list[float] = []
+    drain_timeout_s = options.exit_timeout_s + 15.0
 
     def _handle(signum, _frame):
-        LOG.info("received signal %d, stopping tritonserver", signum)
+        LOG.info("received signal %d, draining in-flight requests and stopping tritonserver", signum)
         stop_requested.append(time.monotonic())
+        if server.watchdog is not None:
+            server.watchdog.stop()  # models unloading at shutdown are not crashes
         if server.process is not None and server.process.poll() is None:
             server.process.send_signal(signal.SIGINT)
 
@@ -268,11 +303,9 @@ def serve_forever(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
         flush=True,
     )
     assert server.process is not None
-    while server.process.poll() is None:
+    while server.process.poll() is None and not stop_requested:
         time.sleep(0.2)
-        if stop_requested and time.monotonic() - stop_requested[0] > drain_timeout_s:
-            LOG.warning("tritonserver did not stop within %.0f s; killing it", drain_timeout_s)
-            server.process.kill()
-            server.process.wait()
+    if stop_requested:
+        server.wait_drained(stop_requested[0], drain_timeout_s)
     server.stop()
     return 0 if stop_requested else server.process.returncode

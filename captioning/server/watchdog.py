@@ -1,0 +1,79 @@
+"""Restart a Python-backend model whose stub process died, and keep readiness honest meanwhile.
+
+Triton 2.51 does not restart a dead stub: every request to that model fails with "Stub process ... is not
+healthy" while `/v2/health/ready` and the model's readiness still answer true (server#7230), and shutdown waits
+its whole exit timeout for the dead instance. The launcher starts the server in explicit model-control mode and
+runs this watchdog beside it: it watches the stub processes (children of tritonserver, one per model instance,
+whose command line names the model's directory) and, when one disappears, reloads that model through Triton's
+repository API. While the model reloads it is not ready, so strict readiness answers 503 until it serves again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+LOG = logging.getLogger(__name__)
+STUB = "triton_python_backend_stub"
+
+
+def stub_models(server_pid: int) -> Counter:
+    """Live stub processes of this server, counted by model name."""
+    counts: Counter = Counter()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # the process ended while we looked
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == server_pid and argv and argv[0].endswith(STUB.encode()) and len(argv) > 1:
+            # argv[1] is <repository>/<model>/<version>/model.py; zombies have an empty command line
+            counts[Path(argv[1].decode()).parts[-3]] += 1
+    return counts
+
+
+class StubWatchdog(threading.Thread):
+    """Polls the server's stubs; reloads a model whose stub count fell. Stops with `stop()`."""
+
+    def __init__(self, server_pid: int, http_port: int, interval_s: float = 0.5) -> None:
+        super().__init__(name="stub-watchdog", daemon=True)
+        self.server_pid, self.http_port, self.interval_s = server_pid, http_port, interval_s
+        self.expected = stub_models(server_pid)
+        self.restarts: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            live = stub_models(self.server_pid)
+            for model, count in self.expected.items():
+                if live.get(model, 0) < count and not self._stop.is_set():
+                    self._reload(model, count - live.get(model, 0))
+
+    def _reload(self, model: str, lost: int) -> None:
+        LOG.warning("%d stub process(es) of model %s died; reloading it", lost, model)
+        started = time.monotonic()
+        try:
+            # `load` alone is a no-op for a model whose files did not change: unload it first.
+            self._post(f"{model}/unload")
+            self._post(f"{model}/load")
+        except (urllib.error.URLError, OSError) as exc:
+            LOG.error("reloading model %s failed: %s", model, exc)
+            return
+        self.restarts.append((time.time(), model))
+        LOG.warning("model %s serves again after %.1f s", model, time.monotonic() - started)
+
+    def _post(self, path: str) -> None:
+        url = f"http://127.0.0.1:{self.http_port}/v2/repository/models/{path}"
+        with urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=600):
+            pass

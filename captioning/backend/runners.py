@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,17 @@ from captioning import contract
 from captioning.runtime import cpu_slots
 from captioning.runtime.graphs import GraphRunner, OrtRunner, StepDecoder
 from captioning.runtime.heap import keep_heap
+
+
+def _log_to_server() -> None:
+    """The stub's stderr is the server's log: the runtime's INFO lines (cancelled decodes, CPU slots) land
+    there, tagged with the model instance. CAPTIONING_LOG_LEVEL changes the level."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=os.environ.get("CAPTIONING_LOG_LEVEL", "INFO").upper(),
+            format=f"%(asctime)s {os.getpid()} %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
 
 
 @dataclasses.dataclass
@@ -34,6 +48,7 @@ class ModelContext:
     def setup(cls, args: dict) -> ModelContext:
         """Read the arguments and apply the process-wide settings (heap thresholds, CPU slots) first,
         before any large allocation."""
+        _log_to_server()
         keep_heap()  # see captioning/runtime/heap.py
         config = json.loads(args["model_config"])
         params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}

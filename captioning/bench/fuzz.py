@@ -43,7 +43,9 @@ def _send(client, case: FuzzCase, timeout_s: float) -> Outcome:
         return Outcome(case.name, case.expect, "ok", time.perf_counter() - started)
     except InferenceServerException as exc:
         if exc.status() is None:  # tritonclient refused to build it (e.g. a list as a parameter value)
-            return Outcome(case.name, case.expect, "INVALID_ARG", time.perf_counter() - started, f"client: {exc}")
+            return Outcome(
+                case.name, case.expect, "INVALID_ARG", time.perf_counter() - started, f"client: {exc}"
+            )
         status = str(exc.status())
         kind = "INVALID_ARG" if status == "StatusCode.INVALID_ARGUMENT" else status
         if status == "StatusCode.DEADLINE_EXCEEDED":

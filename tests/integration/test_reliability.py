@@ -26,3 +26,90 @@ def test_fuzz_every_answer_is_success_or_a_named_refusal(server, flickr_images):
     assert by_case["12000 x 12000 zlib bomb"]["seconds"] < 5  # refused from the header, not decoded
     assert by_case["1 MB text"]["seconds"] < 5 and "characters long" in by_case["1 MB text"]["message"]
     assert server.live_stubs() == stubs_before and not server.watchdog.restarts  # no stub died
+
+
+@pytest.fixture(scope="module")
+def slow_repository(fixture_checkpoints, tmp_path_factory):
+    """Translations forced to 900 tokens and 4 beams: a second or more each, so load can exceed capacity."""
+    from captioning.decoding import Overrides
+    from captioning.export.build import BuildOptions, build_repository
+    from captioning.export.repository import RepositoryOptions
+
+    options = BuildOptions(
+        progress=False,
+        validate=False,
+        max_length=1000,
+        caption=Overrides(max_new_tokens=20),
+        translation=Overrides(num_beams=4, min_new_tokens=900, max_new_tokens=900),
+        repository=RepositoryOptions(max_batch_size=4, max_queue_size=2, queue_timeout_s=3.0),
+    )
+    path = tmp_path_factory.mktemp("slow") / "repository"
+    return build_repository(fixture_checkpoints.blip, fixture_checkpoints.mbart, path, options)
+
+
+@pytest.fixture(scope="module")
+def slow_server(slow_repository, tmp_path_factory):
+    from serving_helpers import serve
+
+    with serve(slow_repository, tmp_path_factory.mktemp("slow-server")) as running:
+        yield running
+
+
+def _translate(url: str, text: str, timeout_s: float, retries: int = 0):
+    import time
+
+    from captioning.client import CaptionClient, RetryPolicy
+
+    started = time.perf_counter()
+    try:
+        with CaptionClient(
+            url, timeout_s=timeout_s, retry=RetryPolicy(retries=retries, backoff_s=0.2)
+        ) as client:
+            client.translate(text)
+        return "ok", time.perf_counter() - started
+    except Exception as exc:
+        return type(exc).__name__, time.perf_counter() - started
+
+
+def test_overload_is_shed_fast_and_nothing_reaches_the_client_timeout(slow_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"a dog number {i} runs on the beach" for i in range(96)]
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        outcomes = list(pool.map(lambda t: _translate(slow_server.grpc_url, t, 60.0), texts))
+    kinds = {kind for kind, _ in outcomes}
+    assert kinds <= {"ok", "ServerBusyError"}, outcomes
+    assert "ServerBusyError" in kinds and "ok" in kinds  # more than capacity, and still serving
+    shed = [seconds for kind, seconds in outcomes if kind == "ServerBusyError"]
+    assert max(shed) < 5.0  # queue full: at once; queued too long: after the 3 s queue timeout
+    assert sorted(shed)[len(shed) // 2] < 1.0  # most shed requests are answered at once
+    kind, _ = _translate(slow_server.grpc_url, "a cat sleeps", 60.0)
+    assert kind == "ok"  # serving normally right after
+
+
+def test_abandoned_requests_stop_being_decoded(slow_server):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    alone_started = time.perf_counter()
+    assert _translate(slow_server.grpc_url, "one sentence alone", 120.0)[0] == "ok"
+    one = time.perf_counter() - alone_started
+    log = slow_server.options.log_file
+    before = log.read_text().count("every one was cancelled")
+    with ThreadPoolExecutor(max_workers=8) as pool:  # clients that give up after 0.3 s
+        outcomes = list(
+            pool.map(lambda i: _translate(slow_server.grpc_url, f"an abandoned text {i}", 0.3), range(8))
+        )
+    kinds = [
+        kind for kind, _ in outcomes
+    ]  # timed out while decoding, or shed from the queue at their deadline
+    assert set(kinds) <= {"CaptionTimeoutError", "ServerBusyError"} and "CaptionTimeoutError" in kinds
+    started = time.perf_counter()
+    # Triton drops timed-out requests from a queue when it next looks at it: a shed retry or two is expected.
+    assert _translate(slow_server.grpc_url, "a cat sleeps", 120.0, retries=5)[0] == "ok"
+    waited = time.perf_counter() - started
+    deadline = time.monotonic() + 10
+    while log.read_text().count("every one was cancelled") == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert log.read_text().count("every one was cancelled") > before  # the server stopped those decodes
+    assert waited < one * 4  # not behind two batches of abandoned work (8 requests in batches of 4)

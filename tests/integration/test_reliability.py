@@ -113,3 +113,96 @@ def test_abandoned_requests_stop_being_decoded(slow_server):
         time.sleep(0.2)
     assert log.read_text().count("every one was cancelled") > before  # the server stopped those decodes
     assert waited < one * 4  # not behind two batches of abandoned work (8 requests in batches of 4)
+
+
+def test_a_killed_stub_is_restarted_and_readiness_never_lies(repository, flickr_images, tmp_path):
+    import os
+    import signal
+    import time
+
+    from captioning.client import CaptionClient
+    from captioning.server.watchdog import stub_models
+
+    from serving_helpers import serve
+
+    image = flickr_images[0].read_bytes()
+    with serve(repository, tmp_path) as server, CaptionClient(server.grpc_url, timeout_s=30) as client:
+        first = client.caption(image)
+        expected = (first.english, first.arabic)
+        pids = [p for p in _stub_pids(server.process.pid) if "caption_generator" in p[1]]
+        os.kill(pids[0][0], signal.SIGKILL)
+        killed, samples, served_again = time.monotonic(), [], None
+        while time.monotonic() - killed < 60 and served_again is None:
+            try:
+                result = client.caption(image)
+                ok = (result.english, result.arabic) == expected
+            except Exception:
+                ok = False
+            ready = client.is_ready()
+            samples.append((time.monotonic() - killed, ok, ready))
+            if ok:
+                served_again = time.monotonic() - killed
+            time.sleep(0.1)
+        assert served_again is not None and served_again < 60
+        # Ready while failing only inside the watchdog's first poll (0.5 s) after the crash.
+        lies = [t for t, ok, ready in samples if ready and not ok and t > 1.0]
+        assert not lies, samples
+        assert any(not ready for _, _, ready in samples)  # it said so while it reloaded
+        assert server.watchdog.restarts and stub_models(server.process.pid)["caption_generator"] == 1
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 20  # no wait for the lost instance's whole exit timeout
+
+
+def _stub_pids(server_pid: int) -> list[tuple[int, str]]:
+    from pathlib import Path
+
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+        if parent == server_pid and argv[0].endswith(b"triton_python_backend_stub"):
+            out.append((int(entry.name), argv[1].decode()))
+    return out
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(slow_repository, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from captioning.client import CaptionClient
+    from captioning.server.launcher import free_port
+
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    captioning = str(Path(sys.executable).parent / "captioning")
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [captioning, "serve", "--repository", str(slow_repository), "--http-port", str(http),
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"localhost:{grpc}"
+    try:
+        with CaptionClient(url, wait_ready_s=240) as client:
+            client.translate("warm up")
+        with ThreadPoolExecutor(max_workers=2) as pool:  # within the slow repository's queue of 2
+            in_flight = [pool.submit(_translate, url, f"sentence {i} in flight", 120.0) for i in range(2)]
+            time.sleep(1.0)  # they are decoding now
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            refused = _translate(url, "sent after SIGTERM", 10.0)
+            results = [f.result() for f in in_flight]
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    assert [kind for kind, _ in results] == ["ok"] * 2  # the in-flight requests completed
+    assert refused[0] != "ok"  # a new request after the signal is not accepted
+    assert code == 0, (tmp_path / "serve.log").read_text()[-2000:]

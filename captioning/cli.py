@@ -18,7 +18,7 @@ COMMAND_MODULES = (
     "captioning.server.commands",  # serve, demo
     "captioning.testing.commands",  # make-fixtures
     "captioning.training.commands",  # train-*, attention-map, evaluate
-    "captioning.bench.commands",  # bench, make-bench-checkpoints, verify
+    "captioning.bench.commands",  # bench, make-bench-checkpoints, verify, gpu-check, soak, fuzz
 )
 
 

@@ -48,16 +48,16 @@ class StubWatchdog(threading.Thread):
         self.server_pid, self.http_port, self.interval_s = server_pid, http_port, interval_s
         self.expected = stub_models(server_pid)
         self.restarts: list[tuple[float, str]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._halt.wait(self.interval_s):
             live = stub_models(self.server_pid)
             for model, count in self.expected.items():
-                if live.get(model, 0) < count and not self._stop.is_set():
+                if live.get(model, 0) < count and not self._halt.is_set():
                     self._reload(model, count - live.get(model, 0))
 
     def _reload(self, model: str, lost: int) -> None:

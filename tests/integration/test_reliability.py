@@ -206,3 +206,25 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(slow_repository, tmp_path
     assert [kind for kind, _ in results] == ["ok"] * 2  # the in-flight requests completed
     assert refused[0] != "ok"  # a new request after the signal is not accepted
     assert code == 0, (tmp_path / "serve.log").read_text()[-2000:]
+
+
+@pytest.mark.slow
+def test_two_minute_soak_without_failure_or_growth(server, tmp_path):
+    from captioning.bench.soak import SoakOptions, format_report, run_soak, write_outputs
+
+    options = SoakOptions(
+        url=server.grpc_url,
+        concurrency=16,
+        duration_s=120,
+        warmup_s=40,
+        server_pid=server.process.pid,
+        windows=4,
+    )
+    report = run_soak(options)
+    print(format_report(report))
+    paths = write_outputs(report, tmp_path)
+    assert paths["plot"].stat().st_size > 0
+    assert report["requests"] > 100 and report["failed"] == 0 and report["wrong"] == 0, report["statuses"]
+    assert len(report["memory_growth_after_warmup"]) >= 5  # tritonserver and its four stubs
+    grown = {name: g for name, g in report["memory_growth_after_warmup"].items() if g is None or g > 0.10}
+    assert not grown, grown  # every process within 10% of its size after the warm-up

@@ -33,6 +33,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu
 
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

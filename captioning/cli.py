@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "captioning.server.commands",  # serve, demo
     "captioning.testing.commands",  # make-fixtures
     "captioning.training.commands",  # train-*, attention-map, evaluate
+    "captioning.ui.commands",  # ui
     "captioning.bench.commands",  # bench, make-bench-checkpoints, verify, gpu-check, soak, fuzz
 )
 

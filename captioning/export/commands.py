@@ -133,21 +133,7 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
         default=contract.MAX_LENGTH,
         help="token limit of each stage, prompt included",
     )
-    export.add_argument("--max-batch-size", type=int, default=contract.MAX_BATCH_SIZE)
-    export.add_argument(
-        "--max-queue-size",
-        type=int,
-        default=contract.MAX_QUEUE_SIZE,
-        help="requests each model may queue; past it a request is answered UNAVAILABLE at once (0: unbounded; "
-        "size it as throughput x acceptable wait, docs/reliability.md)",
-    )
-    export.add_argument(
-        "--queue-timeout",
-        type=float,
-        default=contract.QUEUE_TIMEOUT_S,
-        metavar="S",
-        help="seconds a request may wait in a model's queue before it is answered UNAVAILABLE (0: no limit)",
-    )
+    _add_batching(export)
     export.add_argument(
         "--decoder-runner",
         default=contract.DECODER_RUNNERS[0],
@@ -172,6 +158,24 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     export.add_argument("--no-progress", action="store_true")
     export.set_defaults(func=_export)
+
+
+def _add_batching(export: argparse.ArgumentParser) -> None:
+    export.add_argument("--max-batch-size", type=int, default=contract.MAX_BATCH_SIZE)
+    export.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=contract.MAX_QUEUE_SIZE,
+        help="requests each model may queue; past it a request is answered UNAVAILABLE at once (0: unbounded; "
+        "size it as throughput x acceptable wait, docs/reliability.md)",
+    )
+    export.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=contract.QUEUE_TIMEOUT_S,
+        metavar="S",
+        help="seconds a request may wait in a model's queue before it is answered UNAVAILABLE (0: no limit)",
+    )
 
 
 def _add_stage_defaults(export: argparse.ArgumentParser) -> None:

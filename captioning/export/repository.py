@@ -152,13 +152,10 @@ def _specs(
     image_embeds = TensorSpec(c.IMAGE_EMBEDS, "FP32", (-1, -1))
     generator_params = {c.PARAM_DECODER_RUNNER: options.decoder_runner, **options.runner_parameters()}
 
-    def step(model: str, source: str, target: str) -> EnsembleStep:
-        return EnsembleStep(model, {source: source}, {target: target})
-
     preprocess = [
-        step(c.PREPROCESS_MODEL, c.IMAGE_INPUT, c.PIXEL_VALUES),
-        step(c.VISION_MODEL, c.PIXEL_VALUES, c.IMAGE_EMBEDS),
-        step(c.CAPTION_MODEL, c.IMAGE_EMBEDS, c.CAPTION_EN),
+        _step(c.PREPROCESS_MODEL, c.IMAGE_INPUT, c.PIXEL_VALUES),
+        _step(c.VISION_MODEL, c.PIXEL_VALUES, c.IMAGE_EMBEDS),
+        _step(c.CAPTION_MODEL, c.IMAGE_EMBEDS, c.CAPTION_EN),
     ]
     translate = EnsembleStep(
         c.TRANSLATOR_MODEL, {c.CAPTION_INPUT: c.CAPTION_EN}, {c.TRANSLATION_OUTPUT: c.CAPTION_AR}
@@ -201,6 +198,10 @@ def _specs(
         ),
         *_ensembles(image, caption_en, mbs, preprocess, translate),
     ]
+
+
+def _step(model: str, source: str, target: str) -> EnsembleStep:
+    return EnsembleStep(model, {source: source}, {target: target})
 
 
 def _ensembles(

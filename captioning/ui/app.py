@@ -40,102 +40,101 @@ def _settings_controls(gr):
 
 def _image_input(gr, **kwargs):
     """An image input that hands the server whatever was uploaded: Gradio's own decoding would refuse an
-    unreadable file with a bare "Error", where the server names the problem (and the page shows its words)."""
+    unreadable file with a bare "Error", where the server names the problem (and the page shows its words).
+    The instance's `preprocess` is wrapped rather than subclassed: Gradio writes a stub file for subclasses."""
+    image = gr.Image(**kwargs)
+    strict = image.preprocess
 
-    class ServerCheckedImage(gr.Image):
-        @classmethod
-        def get_block_name(cls) -> str:
-            return "image"  # the same front-end component
+    def lenient(payload):
+        try:
+            return strict(payload)
+        except Exception:
+            return getattr(payload, "path", None)
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except Exception:
-                return getattr(payload, "path", None)
-
-    return ServerCheckedImage(**kwargs)
+    image.preprocess = lenient
+    return image
 
 
 def build(url: str):
     """The page, bound to the server at `url`."""
     import gradio as gr
 
-    def settings(*values) -> actions.Settings:
-        return actions.Settings(*values)
-
     with gr.Blocks(title="Bilingual image captioning", analytics_enabled=False) as page:
         gr.Markdown(
             f"# Bilingual image captioning\nEnglish captions from BLIP, Arabic from mBART-50, served by `{url}`."
         )
         with gr.Tab("Caption"):
-            with gr.Row():
-                with gr.Column():
-                    image = _image_input(
-                        gr,
-                        type="filepath",
-                        sources=["upload", "clipboard", "webcam"],
-                        label="Image",
-                        elem_id="image-input",
-                    )
-                    lang = gr.Radio(
-                        list(actions.LANGS), value="Both", label="Output language", elem_id="lang"
-                    )
-                    controls = _settings_controls(gr)
-                    button = gr.Button("Caption", variant="primary", elem_id="caption-button")
-                with gr.Column():
-                    english = gr.Textbox(label="English", interactive=False, elem_id="caption-en")
-                    arabic = gr.Textbox(
-                        label="العربية (Arabic)",
-                        interactive=False,
-                        rtl=True,
-                        elem_id="caption-ar",
-                        elem_classes=["rtl"],
-                    )
-                    took = gr.Textbox(label="Time", interactive=False, elem_id="caption-time")
-                    message = gr.Markdown(elem_id="caption-message")
-            examples = actions.example_images()
-            if examples:
-                gr.Examples(examples=examples, inputs=[image], label="Flickr8k examples")
-            button.click(
-                lambda img, lg, *s: actions.caption_image(url, img, lg, settings(*s)),
-                inputs=[image, lang, *controls],
-                outputs=[english, arabic, took, message],
-            )
+            controls = _caption_tab(gr, url)
         with gr.Tab("Translate"):
-            text = gr.Textbox(label="English text", lines=3, elem_id="text-input")
-            t_button = gr.Button("Translate", variant="primary", elem_id="translate-button")
-            t_out = gr.Textbox(
+            _translate_tab(gr, url, controls)
+        with gr.Tab("Batch"):
+            _batch_tab(gr, url, controls)
+    return page
+
+
+def _caption_tab(gr, url: str) -> list:
+    with gr.Row():
+        with gr.Column():
+            image = _image_input(
+                gr,
+                type="filepath",
+                sources=["upload", "clipboard", "webcam"],
+                label="Image",
+                elem_id="image-input",
+            )
+            lang = gr.Radio(list(actions.LANGS), value="Both", label="Output language", elem_id="lang")
+            controls = _settings_controls(gr)
+            button = gr.Button("Caption", variant="primary", elem_id="caption-button")
+        with gr.Column():
+            english = gr.Textbox(label="English", interactive=False, elem_id="caption-en")
+            arabic = gr.Textbox(
                 label="العربية (Arabic)",
                 interactive=False,
                 rtl=True,
-                elem_id="translation",
+                elem_id="caption-ar",
                 elem_classes=["rtl"],
             )
-            t_took = gr.Textbox(label="Time", interactive=False)
-            t_message = gr.Markdown(elem_id="translate-message")
-            t_button.click(
-                lambda t, *s: actions.translate_text(url, t, actions.Settings(None, None, *s)),
-                inputs=[text, *controls[2:]],
-                outputs=[t_out, t_took, t_message],
-            )
-        with gr.Tab("Batch"):
-            files = gr.File(
-                file_count="multiple", file_types=["image"], label="Images", elem_id="batch-input"
-            )
-            b_button = gr.Button("Caption all", variant="primary", elem_id="batch-button")
-            table = gr.Dataframe(
-                headers=["image", "english", "arabic", "time or error"],
-                interactive=False,
-                elem_id="batch-table",
-            )
-            download = gr.File(label="CSV", elem_id="batch-csv")
-            b_message = gr.Markdown()
-            b_button.click(
-                lambda fs, *s: actions.caption_many(url, fs, settings(*s)),
-                inputs=[files, *controls],
-                outputs=[table, download, b_message],
-            )
-    return page
+            took = gr.Textbox(label="Time", interactive=False, elem_id="caption-time")
+            message = gr.Markdown(elem_id="caption-message")
+    examples = actions.example_images()
+    if examples:
+        gr.Examples(examples=examples, inputs=[image], label="Flickr8k examples")
+    button.click(
+        lambda img, lg, *s: actions.caption_image(url, img, lg, actions.Settings(*s)),
+        inputs=[image, lang, *controls],
+        outputs=[english, arabic, took, message],
+    )
+    return controls
+
+
+def _translate_tab(gr, url: str, controls: list) -> None:
+    text = gr.Textbox(label="English text", lines=3, elem_id="text-input")
+    button = gr.Button("Translate", variant="primary", elem_id="translate-button")
+    out = gr.Textbox(
+        label="العربية (Arabic)", interactive=False, rtl=True, elem_id="translation", elem_classes=["rtl"]
+    )
+    took = gr.Textbox(label="Time", interactive=False)
+    message = gr.Markdown(elem_id="translate-message")
+    button.click(
+        lambda t, *s: actions.translate_text(url, t, actions.Settings(None, None, *s)),
+        inputs=[text, *controls[2:]],
+        outputs=[out, took, message],
+    )
+
+
+def _batch_tab(gr, url: str, controls: list) -> None:
+    files = gr.File(file_count="multiple", file_types=["image"], label="Images", elem_id="batch-input")
+    button = gr.Button("Caption all", variant="primary", elem_id="batch-button")
+    table = gr.Dataframe(
+        headers=["image", "english", "arabic", "time or error"], interactive=False, elem_id="batch-table"
+    )
+    download = gr.File(label="CSV", elem_id="batch-csv")
+    message = gr.Markdown()
+    button.click(
+        lambda fs, *s: actions.caption_many(url, fs, actions.Settings(*s)),
+        inputs=[files, *controls],
+        outputs=[table, download, message],
+    )
 
 
 def launch(url: str, host: str = "127.0.0.1", port: int = 7860, block: bool = True):

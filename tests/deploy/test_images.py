@@ -98,3 +98,18 @@ def test_entrypoint_builds_engines_only_when_this_gpu_lacks_them(fixture_checkpo
     assert not build_decision(
         export(tmp_path / "ort", "onnxruntime"), "NVIDIA H200", "10.5.0"
     )  # nothing to build
+
+
+def test_compose_file_serves_one_gpu_node():
+    import yaml
+
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    triton = compose["services"]["triton"]
+    assert triton["build"]["dockerfile"] == "docker/Dockerfile"
+    assert {p.split(":")[0].strip('"') for p in triton["ports"]} == {"8000", "8001", "8002"}
+    assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert any(v.endswith(":/models") for v in triton["volumes"])
+    assert int(triton["stop_grace_period"].rstrip("s")) > 30  # longer than the server's 30 s drain
+    assert compose["services"]["prometheus"]["profiles"] == ["monitoring"]
+    for volume in compose["services"]["grafana"]["volumes"]:
+        assert (DOCKER / volume.split(":")[0]).resolve().is_file(), volume

@@ -17,6 +17,12 @@ from captioning.decoding.greedy import greedy_search
 from captioning.decoding.settings import GenerationSettings
 from captioning.decoding.vocab import VocabMap
 
+__all__ = ["GenerationCancelled", "generate"]
+
+
+class GenerationCancelled(Exception):
+    """Every request of a batch was cancelled (its client went away or gave up): decoding stopped."""
+
 
 class _Stoppable:
     """A Decoder whose sessions ask `should_stop` before each step: both searches stop the same way."""
@@ -45,13 +51,6 @@ class _StoppableSession:
             return method(*args)
 
         return call
-
-
-__all__ = ["GenerationCancelled", "generate"]
-
-
-class GenerationCancelled(Exception):
-    """Every request of a batch was cancelled (its client went away or gave up): decoding stopped."""
 
 
 def generate(

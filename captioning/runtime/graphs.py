@@ -6,6 +6,7 @@ same `GraphRunner` protocol, and `StepDecoder` adapts a pair of them to the gene
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +37,8 @@ class OrtRunner:
         options.inter_op_num_threads = inter_op_threads
         # Several model instances share the cores in one server; idle threads must sleep, not spin.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if os.environ.get("CAPTIONING_ORT_ARENA", "1").strip().lower() in ("0", "false", "no", "off"):
+            options.enable_cpu_mem_arena = False  # see docs/reliability.md, "Soak"
         self.path = Path(path)
         self.session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]

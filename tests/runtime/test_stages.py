@@ -72,3 +72,26 @@ def test_stage_limits_come_from_the_settings():
 @pytest.mark.parametrize("count", [0, 1])
 def test_empty_and_single(count):
     assert len(_caption_stage(FakeDecoder()).run(_embeds(count), [Overrides()] * count)) == count
+
+
+def test_a_batch_whose_requests_were_all_cancelled_stops_between_steps(monkeypatch):
+    from captioning.decoding import GenerationCancelled, generate
+    from captioning.runtime import stages
+
+    calls = []
+
+    def stop_after_two():
+        calls.append(1)
+        return len(calls) > 2
+
+    states = np.zeros((2, 3, 4), dtype=np.float32)
+    with pytest.raises(GenerationCancelled):
+        generate(FakeDecoder(), states, np.ones((2, 3), dtype=np.int64), SETTINGS, should_stop=stop_after_two)
+    assert len(calls) == 3  # asked before each step, stopped at the third
+    monkeypatch.setattr(stages, "CANCEL_CHECK_S", 0.0)
+    stage = CaptionStage(decoder=FakeDecoder(), settings=SETTINGS, codec=TextCodec(FakeTokenizer()))
+    gone, alive = (lambda: True), (lambda: False)
+    results = stage.run(_embeds(2), [Overrides(), Overrides(num_beams=2)], cancelled=[gone, alive])
+    assert isinstance(results[0], GenerationCancelled) and isinstance(results[1], str)
+    mixed = stage.run(_embeds(2), [Overrides()] * 2, cancelled=[gone, alive])
+    assert all(isinstance(r, str) for r in mixed)  # one live request keeps its batch going

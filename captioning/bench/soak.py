@@ -47,20 +47,10 @@ def _rss_kib(pid: int) -> int | None:
 
 def server_processes(server_pid: int) -> dict[int, str]:
     """tritonserver and its stub processes, named by model for the stubs."""
-    from captioning.server.watchdog import STUB
+    from captioning.server.watchdog import stub_processes
 
-    names = {server_pid: "tritonserver"}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            continue
-        if parent == server_pid and argv[0].endswith(STUB.encode()) and len(argv) > 1:
-            names[int(entry.name)] = f"stub {Path(argv[1].decode()).parts[-3]} ({entry.name})"
-    return names
+    stubs = {pid: f"stub {model} ({pid})" for pid, model in stub_processes(server_pid).items()}
+    return {server_pid: "tritonserver", **stubs}
 
 
 def find_server_pid() -> int:

@@ -11,12 +11,9 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 
 from captioning import contract
-
-LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +49,9 @@ def start_node(options: NodeOptions) -> int:
     if local and wants_engines(Path(options.repository)):
         from captioning.export.engines import BuildOptions, build_engines, gpu_name, trt_version
 
+        # Builds only what this GPU and TensorRT version lack (the test of `build_decision`), and serves this
+        # key's plans even when another node's were copied last into the shared volume.
         gpu, trt = gpu_name(), trt_version(options.trtexec)
-        if build_decision(Path(options.repository), gpu, trt):
-            LOG.info(
-                "no engines for %s with TensorRT %s: building them (cached for the next start)", gpu, trt
-            )
         build_engines(
             Path(options.repository), BuildOptions(trtexec=options.trtexec, gpu_name=gpu, trt_version=trt)
         )

@@ -22,22 +22,26 @@ LOG = logging.getLogger(__name__)
 STUB = "triton_python_backend_stub"
 
 
-def stub_models(server_pid: int) -> Counter:
-    """Live stub processes of this server, counted by model name."""
-    counts: Counter = Counter()
+def stub_processes(server_pid: int) -> dict[int, str]:
+    """Live stub processes of this server: pid -> model name."""
+    stubs = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
-        except OSError:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
             continue  # the process ended while we looked
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == server_pid and argv and argv[0].endswith(STUB.encode()) and len(argv) > 1:
+        if parent == server_pid and argv[0].endswith(STUB.encode()) and len(argv) > 1:
             # argv[1] is <repository>/<model>/<version>/model.py; zombies have an empty command line
-            counts[Path(argv[1].decode()).parts[-3]] += 1
-    return counts
+            stubs[int(entry.name)] = Path(argv[1].decode()).parts[-3]
+    return stubs
+
+
+def stub_models(server_pid: int) -> Counter:
+    """Live stub processes of this server, counted by model name."""
+    return Counter(stub_processes(server_pid).values())
 
 
 class StubWatchdog(threading.Thread):

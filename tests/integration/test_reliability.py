@@ -121,7 +121,7 @@ def test_a_killed_stub_is_restarted_and_readiness_never_lies(repository, flickr_
     import time
 
     from captioning.client import CaptionClient
-    from captioning.server.watchdog import stub_models
+    from captioning.server.watchdog import stub_models, stub_processes
 
     from serving_helpers import serve
 
@@ -129,8 +129,10 @@ def test_a_killed_stub_is_restarted_and_readiness_never_lies(repository, flickr_
     with serve(repository, tmp_path) as server, CaptionClient(server.grpc_url, timeout_s=30) as client:
         first = client.caption(image)
         expected = (first.english, first.arabic)
-        pids = [p for p in _stub_pids(server.process.pid) if "caption_generator" in p[1]]
-        os.kill(pids[0][0], signal.SIGKILL)
+        pid = next(
+            p for p, model in stub_processes(server.process.pid).items() if model == "caption_generator"
+        )
+        os.kill(pid, signal.SIGKILL)
         killed, samples, served_again = time.monotonic(), [], None
         while time.monotonic() - killed < 60 and served_again is None:
             try:
@@ -151,21 +153,6 @@ def test_a_killed_stub_is_restarted_and_readiness_never_lies(repository, flickr_
         assert server.watchdog.restarts and stub_models(server.process.pid)["caption_generator"] == 1
         stopping = time.monotonic()
     assert time.monotonic() - stopping < 20  # no wait for the lost instance's whole exit timeout
-
-
-def _stub_pids(server_pid: int) -> list[tuple[int, str]]:
-    from pathlib import Path
-
-    out = []
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            continue
-        if parent == server_pid and argv[0].endswith(b"triton_python_backend_stub"):
-            out.append((int(entry.name), argv[1].decode()))
-    return out
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(slow_repository, tmp_path):

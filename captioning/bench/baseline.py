@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from captioning.bench.options import BenchOptions
+    from captioning.bench.pipeline import OriginalPipeline
 
 LOG = logging.getLogger(__name__)
 
@@ -23,28 +24,9 @@ class Baseline:
     sit between the Triton measurements and a slow or fast stretch of the machine hits both sides of a ratio.
     """
 
-    def __init__(self, options: BenchOptions, captioner: Path, translator: Path) -> None:
-        import torch
-
-        from captioning.bench.pipeline import OriginalPipeline
-
+    def __init__(self, options: BenchOptions, pipeline: OriginalPipeline) -> None:
         self.threads = options.threads or os.cpu_count() or 1
-        torch.set_num_threads(self.threads)
-        fixed = {"caption": options.caption_tokens, "translation": options.translation_tokens}
-        self.pipeline = OriginalPipeline(
-            captioner,
-            translator,
-            {
-                "num_beams": options.caption_num_beams,
-                "min_new_tokens": fixed["caption"],
-                "max_new_tokens": fixed["caption"],
-            },
-            {
-                "num_beams": options.translation_num_beams,
-                "min_new_tokens": fixed["translation"],
-                "max_new_tokens": fixed["translation"],
-            },
-        )
+        self.pipeline = pipeline
         self.passes: list[dict] = []
         self.latencies: list[float] = []
         self.outputs: list[dict] = []
@@ -90,6 +72,26 @@ class Baseline:
             "p99_ms": percentile(self.latencies, 99) * 1000,
             "outputs": self.outputs,
         }
+
+
+def original_pipeline(options: BenchOptions, captioner: Path, translator: Path) -> OriginalPipeline:
+    """The original app's models with the bench's settings (fixed lengths), on `--threads` torch threads;
+    shared by the baseline and the `generate()` peers."""
+    import torch
+
+    from captioning.bench.pipeline import OriginalPipeline
+
+    torch.set_num_threads(options.threads or os.cpu_count() or 1)
+
+    def fixed(beams: int, tokens: int) -> dict:
+        return {"num_beams": beams, "min_new_tokens": tokens, "max_new_tokens": tokens}
+
+    return OriginalPipeline(
+        captioner,
+        translator,
+        fixed(options.caption_num_beams, options.caption_tokens),
+        fixed(options.translation_num_beams, options.translation_tokens),
+    )
 
 
 def pass_plan(repeats: int, labels: list[str]) -> list[tuple[str, int]]:

@@ -40,6 +40,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         repositories=tuple(args.repository),
         output_dir=args.output_dir,
         baseline=not args.no_baseline,
+        peers=not args.no_peers,
+        peer_batch_size=args.peer_batch_size,
         triton=not args.baseline_only,
         threads=args.threads,
         timeout_s=args.timeout,
@@ -84,7 +86,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--output-dir", type=Path, default=defaults.output_dir, help="results.json, plot, logs"
     )
     bench.add_argument("--no-baseline", action="store_true", help="skip the in-process PyTorch baseline")
-    bench.add_argument("--baseline-only", action="store_true", help="measure the PyTorch baseline alone")
+    bench.add_argument(
+        "--baseline-only", action="store_true", help="measure the in-process baseline and peers alone"
+    )
+    bench.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="skip batched generate() and CTranslate2 (captioning.bench.peers)",
+    )
+    bench.add_argument(
+        "--peer-batch-size",
+        type=int,
+        default=defaults.peer_batch_size,
+        help="batch size of the batched generate() and CTranslate2 peers",
+    )
     bench.add_argument("--threads", type=int, default=0, help="baseline torch threads (0: all cores)")
     bench.set_defaults(func=_bench)
     _register_make_checkpoints(subparsers)

@@ -26,6 +26,8 @@ class BenchOptions:
     repositories: tuple[tuple[str, Path], ...] = ()  # (label, dir); none: build one from the checkpoints
     output_dir: Path = Path("build/bench")
     baseline: bool = True
+    peers: bool = True  # batched generate() and CTranslate2 (captioning.bench.peers)
+    peer_batch_size: int = 16
     triton: bool = True  # False: the baseline alone
     threads: int = 0  # torch threads for the baseline; 0: all cores
     timeout_s: float = 1800.0  # per perf_analyzer run
@@ -33,12 +35,19 @@ class BenchOptions:
     def validate(self) -> None:
         if (self.captioner is None) != (self.translator is None):
             raise ValueError("give both --captioner and --translator, or neither")
-        if not (self.baseline or self.triton):
-            raise ValueError("nothing to measure: both the baseline and Triton are switched off")
+        if not (self.in_process or self.triton):
+            raise ValueError("nothing to measure: the baseline, the peers and Triton are all switched off")
         if self.num_images < 1 or self.repeats < 1 or self.requests < 1:
             raise ValueError("--num-images, --repeats and --requests must be positive")
+        if self.peer_batch_size < 1:
+            raise ValueError("--peer-batch-size must be positive")
         if not self.concurrency or min(self.concurrency) < 1:
             raise ValueError(f"concurrency levels must be positive, got {self.concurrency}")
+
+    @property
+    def in_process(self) -> bool:
+        """Whether anything runs the checkpoints in this process (the baseline or the peers)."""
+        return self.baseline or self.peers
 
     @property
     def side_concurrency(self) -> int:

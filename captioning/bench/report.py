@@ -11,6 +11,8 @@ import statistics
 from pathlib import Path
 
 from captioning import contract
+from captioning.bench.comparison import format_peers, plot_translation
+from captioning.bench.peers import PIPELINE
 
 # ------------------------------------------------------------------------------------------ summaries
 
@@ -210,6 +212,7 @@ def format_table(results: dict) -> str:
             "",
             "no steady state within the window limit, measured as one burst: " + ", ".join(fallbacks),
         ]
+    lines += format_peers(results)
     return "\n".join(lines)
 
 
@@ -223,7 +226,12 @@ def plot(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    peers = [p for p in results.get("peers") or [] if p.get("rate")]
+    if peers:
+        fig, (ax, side) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.1, 1]})
+        plot_translation(side, results)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
     labels = sorted({run["label"] for run in results["runs"]})
     for label in labels:
         points = sorted(
@@ -242,6 +250,9 @@ def plot(results: dict, path: Path) -> Path:
         ax.plot(
             [base["p50_ms"] / 1000], [base["images_per_s"]["median"]], "k*", markersize=12, label="baseline"
         )
+    for peer in peers:
+        if peer["stage"] == PIPELINE:
+            ax.plot([peer["p50_ms"] / 1000], [peer["rate"]["median"]], "kD", markersize=8, label=peer["name"])
     s = results["settings"]
     ax.set_title(
         f"arabic_caption: caption {s['caption_num_beams']} beams/{s['caption_new_tokens']} tok, "

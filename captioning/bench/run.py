@@ -110,7 +110,23 @@ def measure(server, model: str, data: Path, concurrency: int, options: BenchOpti
     return result
 
 
-def run_repository(label: str, repository: Path, inputs: dict[str, Path], options: BenchOptions) -> list:
+def served_outputs(server, images: list[tuple[str, bytes]], texts: list[str], timeout_s: float) -> dict:
+    """What the repository answers for the bench's inputs, once, for its agreement with `generate()`."""
+    from captioning.client import CaptionClient
+
+    with CaptionClient(server.grpc_url, timeout_s=timeout_s) as client:
+        captions = client.caption_batch([data for _, data in images])
+        translations = client.translate(texts)
+    return {
+        "pipeline": [{"english": c.english, "arabic": c.arabic} for c in captions],
+        "translation": translations,
+    }
+
+
+def run_repository(
+    label: str, repository: Path, inputs: dict[str, Path], options: BenchOptions, served: dict
+) -> list:
+    """The perf_analyzer runs of one repository; its answers for the inputs go into `served["outputs"]`."""
     from captioning.bench.perf_analyzer import PerfRun, run_perf_analyzer
     from captioning.server.launcher import ServerOptions, TritonServer
 
@@ -136,6 +152,7 @@ def run_repository(label: str, repository: Path, inputs: dict[str, Path], option
             runs.append(
                 {"label": label, **measure(server, model, inputs[kind], concurrency, options, workdir)}
             )
+        served["outputs"] = served_outputs(server, served["images"], served["texts"], options.timeout_s)
     return runs
 
 
@@ -162,7 +179,7 @@ def default_repository(options: BenchOptions, captioner: Path, translator: Path)
 
 def run_bench(options: BenchOptions) -> dict:
     from captioning.bench import report as bench_report
-    from captioning.bench.baseline import Baseline, pass_plan
+    from captioning.bench.baseline import Baseline, original_pipeline, pass_plan
     from captioning.bench.perf_analyzer import (
         bytes_input_data,
         require_perf_analyzer,
@@ -178,13 +195,14 @@ def run_bench(options: BenchOptions) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     captioner, translator = resolve_checkpoints(options)
     images = load_images(options)
+    texts = caption_texts(options, [n for n, _ in images])
     inputs = {
         "image": write_input_data(
             output_dir / "input-images.json", bytes_input_data("image", [d for _, d in images])
         ),
         "text": write_input_data(
             output_dir / "input-texts.json",
-            text_input_data("text", caption_texts(options, [n for n, _ in images])),
+            text_input_data("text", texts),
         ),
     }
     if options.triton and not repositories:
@@ -196,22 +214,37 @@ def run_bench(options: BenchOptions) -> dict:
         "images": [name for name, _ in images],
         "repeats": options.repeats,
         "windows": "steady" if options.steady else "burst",
+        "texts": texts,
         "baseline": None,
+        "peers": [],
         "runs": [],
+        "outputs": {},  # per repository: its answers for the images and texts (agreement with generate())
     }
-    baseline = Baseline(options, captioner, translator) if options.baseline else None
+    pipeline = original_pipeline(options, captioner, translator) if options.in_process else None
+    baseline = Baseline(options, pipeline) if options.baseline else None
+    peers = None
+    if options.peers:
+        from captioning.bench.peers import Peers, kept_ids_of
+
+        peers = Peers(options, pipeline, translator, kept_ids_of(repositories))
     plan = pass_plan(options.repeats, [label for label, _ in repositories])
 
-    def baseline_passes(gap: int) -> None:
+    def in_process_passes(gap: int) -> None:
+        slot, count = plan[gap]
         if baseline is not None:
-            baseline.run_passes(images, plan[gap][1], plan[gap][0])
+            baseline.run_passes(images, count, slot)
             results["baseline"] = baseline.result()
+        if peers is not None:
+            peers.run_passes(images, texts, count, slot)
+            results["peers"] = peers.result()
         bench_report.write_outputs(results, output_dir)  # after each stage: a failure keeps the rest
 
     for gap, (label, repository) in enumerate(repositories):
-        baseline_passes(gap)
-        results["runs"].extend(run_repository(label, Path(repository), inputs, options))
-    baseline_passes(len(repositories))
+        in_process_passes(gap)
+        served = {"images": images, "texts": texts}
+        results["runs"].extend(run_repository(label, Path(repository), inputs, options, served))
+        results["outputs"][label] = served["outputs"]
+    in_process_passes(len(repositories))
     return results
 
 

@@ -280,6 +280,29 @@ def test_bench_end_to_end(fixture_checkpoints, shared_data, tmp_path, capsys) ->
     assert window.pop("window") in ("steady", "burst")  # burst only where no steady state was reached
     assert row.to_dict() == pytest.approx(window)
 
+    # The peers ran at the baseline's slots, on the same texts the translator was loaded with, and every
+    # system appears in the peer tables with its agreement with generate().
+    peers = {(p["stage"], p["name"]): p for p in results["peers"]}
+    assert set(peers) == {
+        ("translation", "generate() one at a time"),
+        ("pipeline", "generate() batches of 16"),
+        ("translation", "generate() batches of 16"),
+        ("translation", "CTranslate2 fp32, batches of 16"),
+        ("translation", "CTranslate2 int8, batches of 16"),
+    }
+    for peer in peers.values():
+        assert peer["skipped"] is None and len(peer["rates"]) == 2 and peer["rate"]["median"] > 0
+    assert len(peers["pipeline", "generate() batches of 16"]["outputs"]) == 2
+    assert len(peers["translation", "generate() one at a time"]["outputs"]) == len(results["texts"])
+    served = results["outputs"]["triton"]
+    assert len(served["pipeline"]) == 2 and len(served["translation"]) == len(results["texts"])
+    # Exact mode: the served answers are generate()'s, and so are batched generate()'s on these fixtures.
+    assert "triton arabic_caption, 2 clients" in table and "triton translator, 2 clients" in table
+    for line in table.splitlines():
+        if line.startswith(("triton arabic_caption", "triton translator", "generate() batches")):
+            assert line.endswith(("2/2", f"{len(results['texts'])}/{len(results['texts'])}")), line
+    assert "CTranslate2 int8, batches of 16" in table
+
     with Image.open(output / "throughput.png") as plot:
         assert plot.format == "PNG" and plot.size[0] > 100
     assert (output / "table.txt").read_text().strip() == table.split("\nresults:")[0].strip()

@@ -92,6 +92,12 @@ PARAM_MAX_CAPTION_TOKENS = "max_caption_tokens"  # the encoder's positions
 PARAM_SRC_LANG = "src_lang"
 PARAM_DEVICE = "device"  # torch runner: "cpu", "cuda" or "cuda:N"
 PARAM_PRECISION = "precision"  # torch runner: "fp32" (exact), "bf16" or "fp16"
+# In-flight batching (`export --inflight`): the generators run under the sequence batcher's iterative sequences;
+# these bound the rows decoding at once and the requests waiting to join (captioning/runtime/inflight.py).
+PARAM_INFLIGHT = "inflight"  # "1": on
+PARAM_INFLIGHT_ROWS = "inflight_rows"
+PARAM_MAX_QUEUE_SIZE = "max_queue_size"
+PARAM_QUEUE_TIMEOUT_S = "queue_timeout_s"
 # How generators reach their graphs on CPU: ONNX Runtime in their own process, or other Triton models over BLS.
 DECODER_RUNNERS = ("inprocess", "bls")
 TORCH_RUNNER = "torch"  # GPU repositories: the checkpoints' PyTorch modules in the generator's process

@@ -73,9 +73,19 @@ class InferenceResponse:
 class FakeRequest:
     """What an adapter reads from a request: its input tensors and its JSON parameters."""
 
-    def __init__(self, inputs: dict, parameters: dict | None = None) -> None:
+    def __init__(self, inputs: dict, parameters: dict | None = None, correlation_id: int = 0) -> None:
         self._inputs = [v if isinstance(v, Tensor) else Tensor(k, v) for k, v in inputs.items()]
         self._parameters = json.dumps(parameters or {})
+        self._correlation_id, self.release_flags, self.cancelled = correlation_id, 0, False
+
+    def correlation_id(self) -> int:
+        return self._correlation_id
+
+    def set_release_flags(self, flags: int) -> None:
+        self.release_flags = flags
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -104,8 +114,12 @@ def get_output_tensor_by_name(response, name: str) -> Tensor | None:
     return next((t for t in response.output_tensors() if t.name() == name), None)
 
 
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
+
+
 def install(monkeypatch) -> types.ModuleType:
     module = types.ModuleType("triton_python_backend_utils")
+    module.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
     for name in (
         "TritonError",
         "Tensor",

@@ -67,6 +67,20 @@ class ModelContext:
     def runner_kind(self) -> str:
         return self.parameters.get(contract.PARAM_DECODER_RUNNER, "inprocess")
 
+    def inflight(self, start):
+        """The in-flight engine when the repository was exported with `--inflight`, else None."""
+        if self.parameters.get(contract.PARAM_INFLIGHT) != "1":
+            return None
+        from captioning.runtime.inflight import InflightEngine, Limits
+
+        p = self.parameters
+        limits = Limits(
+            max_rows=int(p.get(contract.PARAM_INFLIGHT_ROWS, contract.MAX_BATCH_SIZE)),
+            max_queue=int(p.get(contract.PARAM_MAX_QUEUE_SIZE, contract.MAX_QUEUE_SIZE)),
+            queue_timeout_s=float(p.get(contract.PARAM_QUEUE_TIMEOUT_S, contract.QUEUE_TIMEOUT_S)),
+        )
+        return InflightEngine(start, limits)
+
     def graphs(self) -> dict:
         """`graphs.json`: the graphs a generator drives, by role."""
         return json.loads((self.directory / "graphs.json").read_text())

@@ -12,6 +12,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from captioning.decoding import GenerationCancelled
+from captioning.runtime.inflight import ServerBusy
 
 
 def invalid(message: str) -> pb_utils.InferenceResponse:
@@ -77,10 +78,14 @@ def respond_per_row(
 
 
 def error_response(error: BaseException) -> pb_utils.InferenceResponse:
-    """ValueErrors are the client's fault (INVALID_ARG), a cancelled decode is CANCELLED, anything else is an
-    internal error."""
+    """ValueErrors are the client's fault (INVALID_ARG), a full in-flight queue is UNAVAILABLE (retry later),
+    a cancelled decode is CANCELLED, anything else is an internal error."""
     if isinstance(error, ValueError):
         return invalid(str(error))
+    if isinstance(error, ServerBusy):
+        return pb_utils.InferenceResponse(
+            output_tensors=[], error=pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE)
+        )
     if isinstance(error, GenerationCancelled):
         code = getattr(pb_utils.TritonError, "CANCELLED", pb_utils.TritonError.UNAVAILABLE)
         return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error), code))

@@ -177,6 +177,24 @@ def default_repository(options: BenchOptions, captioner: Path, translator: Path)
     return build_repository(captioner, translator, output, build)
 
 
+def _new_results(options: BenchOptions, captioner: Path, translator: Path, images, texts) -> dict:
+    from captioning.bench import report as bench_report
+
+    return {
+        "settings": options.settings(),
+        "machine": bench_report.machine(),
+        "checkpoints": {"captioner": str(captioner), "translator": str(translator)},
+        "images": [name for name, _ in images],
+        "repeats": options.repeats,
+        "windows": "steady" if options.steady else "burst",
+        "texts": texts,
+        "baseline": None,
+        "peers": [],
+        "runs": [],
+        "outputs": {},  # per repository: its answers for the images and texts (agreement with generate())
+    }
+
+
 def run_bench(options: BenchOptions) -> dict:
     from captioning.bench import report as bench_report
     from captioning.bench.baseline import Baseline, original_pipeline, pass_plan
@@ -207,19 +225,7 @@ def run_bench(options: BenchOptions) -> dict:
     }
     if options.triton and not repositories:
         repositories = [("triton", default_repository(options, captioner, translator))]
-    results = {
-        "settings": options.settings(),
-        "machine": bench_report.machine(),
-        "checkpoints": {"captioner": str(captioner), "translator": str(translator)},
-        "images": [name for name, _ in images],
-        "repeats": options.repeats,
-        "windows": "steady" if options.steady else "burst",
-        "texts": texts,
-        "baseline": None,
-        "peers": [],
-        "runs": [],
-        "outputs": {},  # per repository: its answers for the images and texts (agreement with generate())
-    }
+    results = _new_results(options, captioner, translator, images, texts)
     pipeline = original_pipeline(options, captioner, translator) if options.in_process else None
     baseline = Baseline(options, pipeline) if options.baseline else None
     peers = None

@@ -136,13 +136,17 @@ class AsyncCaptionClient(ClientBase):
         lib = self._transport()[0]
         name = wire.translation_output()[0]
 
+        slots = asyncio.Semaphore(wire.TEXT_REQUESTS_IN_FLIGHT)
+
         async def one(group: Sequence[str]) -> list[str]:
-            result = await self._infer(
-                self.translator_model, wire.text_inputs(lib, group), wire.translation_output(), params
-            )
+            async with slots:
+                result = await self._infer(
+                    self.translator_model, wire.text_inputs(lib, group), wire.translation_output(), params
+                )
             return wire.decode_column(result, name)
 
-        groups = await asyncio.gather(*(one(g) for g in wire.chunks(texts, contract.MAX_BATCH_SIZE)))
+        chunks = wire.chunks(texts, wire.TEXTS_PER_REQUEST)
+        groups = await asyncio.gather(*(one(g) for g in chunks))
         flat = [t for group in groups for t in group]
         return flat[0] if single else flat
 

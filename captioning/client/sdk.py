@@ -139,7 +139,7 @@ class CaptionClient(ClientBase):
     def translate(
         self, text: str | Sequence[str], *, options: GenerationOptions | None = None
     ) -> str | list[str]:
-        """A str gives a str back; a sequence gives a list, sent in concurrent requests of up to 16 rows."""
+        """A str gives a str back; a sequence gives a list, one request per text, 16 in flight."""
         texts, single = wire.check_texts(text)
         params = wire.translation_parameters(options)
         if not texts:
@@ -151,8 +151,8 @@ class CaptionClient(ClientBase):
             )
             return wire.decode_column(result, wire.translation_output()[0])
 
-        groups = wire.chunks(texts, MAX_BATCH_SIZE)
-        outcomes = finish(self._run_concurrently(one, groups, MAX_BATCH_SIZE), False)
+        groups = wire.chunks(texts, wire.TEXTS_PER_REQUEST)
+        outcomes = finish(self._run_concurrently(one, groups, wire.TEXT_REQUESTS_IN_FLIGHT), False)
         flat = [t for group in outcomes for t in group]
         return flat[0] if single else flat
 

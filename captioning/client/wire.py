@@ -99,6 +99,12 @@ def check_texts(text: str | Sequence[str]) -> tuple[list[str], bool]:
     return texts, False
 
 
+# One text per request, several requests in flight: the server batches them (dynamic batching) or joins them to
+# the decoding batch (in-flight repositories, whose sequence batcher accepts one row per request).
+TEXTS_PER_REQUEST = 1
+TEXT_REQUESTS_IN_FLIGHT = 16
+
+
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 

@@ -4,8 +4,16 @@ No torch, no Triton, no ONNX Runtime: a `Decoder` supplies logits, and `tokens.p
 the next token is chosen from them.
 """
 
-from captioning.decoding.decoder import CallableDecoder, Decoder, DecoderSession
-from captioning.decoding.generate import GenerationCancelled, generate
+from captioning.decoding.decoder import (
+    CallableDecoder,
+    Decoder,
+    DecoderSession,
+    Progress,
+    Steps,
+    drain,
+    map_steps,
+)
+from captioning.decoding.generate import GenerationCancelled, generate, generate_steps
 from captioning.decoding.settings import GenerationSettings, Overrides
 from captioning.decoding.vocab import VocabMap
 
@@ -16,6 +24,11 @@ __all__ = [
     "DecoderSession",
     "GenerationSettings",
     "Overrides",
+    "Progress",
+    "Steps",
     "VocabMap",
+    "drain",
+    "map_steps",
     "generate",
+    "generate_steps",
 ]

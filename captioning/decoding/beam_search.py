@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from captioning.decoding.decoder import Decoder
+from captioning.decoding.decoder import Decoder, Progress, Steps, drain
 from captioning.decoding.settings import GenerationSettings
 from captioning.decoding.tokens import beam_log_probs, device_scoring, top_candidates, topk_indices
 
@@ -139,10 +139,17 @@ class _Beams:
 
     def best(self) -> list[list[int]]:
         """Best hypothesis per item; its generated length is the count of recorded beam indices."""
-        generated = (self.beam_indices[:, 0, :] != -1).sum(axis=1)
-        return [
-            self.sequences[b, 0, : self.prompt_len + int(generated[b])].tolist() for b in range(self.batch)
-        ]
+        return [self.best_of(b) for b in range(self.batch)]
+
+    def best_of(self, b: int) -> list[int]:
+        generated = int((self.beam_indices[b, 0, :] != -1).sum())
+        return self.sequences[b, 0, : self.prompt_len + generated].tolist()
+
+    def final(self) -> np.ndarray:
+        """[B] items whose finished set can no longer change: no new hypothesis is admitted for them (the
+        heuristic, or every beam finished under early_stopping=True), so `best_of` is their answer."""
+        full = self.is_sent_finished.all(axis=-1) & self.early_true
+        return ~self.heuristic_unsatisfied[:, 0] | full
 
 
 def beam_search(
@@ -151,6 +158,17 @@ def beam_search(
     encoder_attention_mask: np.ndarray,
     s: GenerationSettings,
 ) -> list[list[int]]:
+    return drain(beam_steps(decoder, encoder_hidden_states, encoder_attention_mask, s))
+
+
+def beam_steps(
+    decoder: Decoder,
+    encoder_hidden_states: np.ndarray,
+    encoder_attention_mask: np.ndarray,
+    s: GenerationSettings,
+) -> Steps:
+    """Beam search one step per `next()`: yields which items are final (HF's heuristic says no open beam can
+    beat the finished ones, so their best hypothesis never changes again) and returns every item's best."""
     beams = _Beams(encoder_hidden_states.shape[0], s)
     session = decoder.start(encoder_hidden_states, encoder_attention_mask, s.num_beams)
     on_device = hasattr(session, "step_candidates")
@@ -182,4 +200,5 @@ def beam_search(
         session.reorder(parents // s.num_beams if shared else parents)
         if not beams.keep_going(hits):
             break
+        yield Progress(beams.final(), beams.best_of)
     return beams.best()

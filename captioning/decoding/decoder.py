@@ -6,12 +6,54 @@ it over PyTorch step functions (`CallableDecoder`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Generator
 from typing import Protocol
 
 import numpy as np
 
-__all__ = ["CallableDecoder", "DeviceSession", "Decoder", "DecoderSession", "as_decoder"]
+__all__ = [
+    "CallableDecoder",
+    "DeviceSession",
+    "Decoder",
+    "DecoderSession",
+    "Progress",
+    "Steps",
+    "as_decoder",
+    "drain",
+    "map_steps",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """What a search yields after each step: which items are final, and the ids of a final item."""
+
+    done: np.ndarray  # [B] bool
+    output: Callable[[int], list[int]]
+
+
+# A search run one step per `next()`, returning every item's ids when it ends (in-flight batching drives it).
+Steps = Generator[Progress, None, list[list[int]]]
+
+
+def map_steps(steps: Generator, convert: Callable) -> Generator:
+    """The same steps with every output (final or early) passed through `convert`."""
+    while True:
+        try:
+            progress = next(steps)
+        except StopIteration as stop:
+            return [convert(seq) for seq in stop.value]
+        yield Progress(progress.done, lambda b, out=progress.output: convert(out(b)))
+
+
+def drain(steps: Steps) -> list[list[int]]:
+    """Run a stepped search to the end."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 class DecoderSession(Protocol):

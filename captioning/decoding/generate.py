@@ -11,13 +11,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from captioning.decoding.beam_search import beam_search
-from captioning.decoding.decoder import Decoder, StepFunction, as_decoder
-from captioning.decoding.greedy import greedy_search
+from captioning.decoding.beam_search import beam_steps
+from captioning.decoding.decoder import Decoder, StepFunction, Steps, as_decoder, drain, map_steps
+from captioning.decoding.greedy import greedy_steps
 from captioning.decoding.settings import GenerationSettings
 from captioning.decoding.vocab import VocabMap
 
-__all__ = ["GenerationCancelled", "generate"]
+__all__ = ["GenerationCancelled", "generate", "generate_steps"]
 
 
 class GenerationCancelled(Exception):
@@ -61,6 +61,19 @@ def generate(
     vocab: VocabMap | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[list[int]]:
+    return drain(
+        generate_steps(decoder, encoder_hidden_states, encoder_attention_mask, settings, vocab, should_stop)
+    )
+
+
+def generate_steps(
+    decoder: Decoder | StepFunction,
+    encoder_hidden_states: np.ndarray,
+    encoder_attention_mask: np.ndarray,
+    settings: GenerationSettings,
+    vocab: VocabMap | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Steps:
     """Decode every batch item; returns, per item, the ids HF `generate()` returns for it alone (prompt
     included, nothing after EOS / the end of the best hypothesis).
 
@@ -73,10 +86,12 @@ def generate(
         raise ValueError("encoder_hidden_states and encoder_attention_mask disagree on the batch size")
     if encoder_hidden_states.shape[0] == 0:
         return []
-    search = greedy_search if settings.num_beams == 1 else beam_search
+    search = greedy_steps if settings.num_beams == 1 else beam_steps
     inner = vocab.remap(settings) if vocab is not None else settings
     decoder = as_decoder(decoder)
     if should_stop is not None:
         decoder = _Stoppable(decoder, should_stop)
-    outputs = search(decoder, encoder_hidden_states, encoder_attention_mask, inner)
-    return [vocab.to_full(seq) for seq in outputs] if vocab is not None else outputs
+    steps = search(decoder, encoder_hidden_states, encoder_attention_mask, inner)
+    if vocab is not None:  # every output moved back to tokenizer ids
+        steps = map_steps(steps, vocab.to_full)
+    return (yield from steps)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from captioning.decoding.decoder import Decoder
+from captioning.decoding.decoder import Decoder, Progress, Steps, drain
 from captioning.decoding.settings import GenerationSettings
 from captioning.decoding.tokens import device_scoring, greedy_tokens
 
-__all__ = ["greedy_search"]
+__all__ = ["greedy_search", "greedy_steps"]
 
 
 def greedy_search(
@@ -17,6 +17,17 @@ def greedy_search(
     encoder_attention_mask: np.ndarray,
     s: GenerationSettings,
 ) -> list[list[int]]:
+    return drain(greedy_steps(decoder, encoder_hidden_states, encoder_attention_mask, s))
+
+
+def greedy_steps(
+    decoder: Decoder,
+    encoder_hidden_states: np.ndarray,
+    encoder_attention_mask: np.ndarray,
+    s: GenerationSettings,
+) -> Steps:
+    """Greedy search one step per `next()`: yields which items are final after each step (an item is final
+    once it wrote EOS or reached max_length) and returns every item's ids."""
     batch = encoder_hidden_states.shape[0]
     ids = np.tile(np.asarray(s.prompt_ids, dtype=np.int64), (batch, 1))
     eos = np.asarray(s.eos_token_ids, dtype=np.int64)
@@ -38,5 +49,7 @@ def greedy_search(
         unfinished &= ~hit
         if not unfinished.any():
             break
+        final = ids  # the ids so far: a final item's tokens never change again
+        yield Progress(~unfinished, lambda b, final=final: final[b, : lengths[b]].tolist())
         step_ids = next_tokens[:, None]
     return [ids[b, : lengths[b]].tolist() for b in range(batch)]

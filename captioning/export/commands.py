@@ -26,6 +26,7 @@ def _export(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             max_queue_size=args.max_queue_size,
             queue_timeout_s=args.queue_timeout,
+            inflight=args.inflight,
             decoder_runner=args.decoder_runner,
             intra_op_threads=args.intra_op_threads,
             cpu_slots=args.cpu_slots,
@@ -175,6 +176,12 @@ def _add_batching(export: argparse.ArgumentParser) -> None:
         default=contract.QUEUE_TIMEOUT_S,
         metavar="S",
         help="seconds a request may wait in a model's queue before it is answered UNAVAILABLE (0: no limit)",
+    )
+    export.add_argument(
+        "--inflight",
+        action="store_true",
+        help="in-flight batching of the generators: a request joins the decoding batch at the next step and "
+        "leaves when answered (same tokens; docs/performance.md says when it pays)",
     )
 
 

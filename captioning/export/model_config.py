@@ -49,6 +49,18 @@ class BatchingSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class IterativeSpec:
+    """The sequence batcher with iterative sequences (in-flight batching): every execution is one step of the
+    requests in flight, which the model reschedules until it answers them. Triton offers no queue policy here;
+    the model bounds its own queue (captioning/runtime/inflight.py), so `max_candidates` only has to let it
+    see every request it may hold."""
+
+    max_candidates: int
+    max_queue_delay_us: int = 0
+    idle_us: int = 600_000_000  # a request is rescheduled every step; this only guards against a lost one
+
+
+@dataclasses.dataclass(frozen=True)
 class AcceleratorSpec:
     """A GPU execution accelerator of Triton's onnxruntime backend (e.g. TensorRT with its parameters)."""
 
@@ -71,6 +83,7 @@ class ModelSpec:
     backend: str = "python"  # "python", "onnxruntime", "tensorrt" or "ensemble"
     max_batch_size: int = 0
     batching: BatchingSpec | None = None
+    iterative: IterativeSpec | None = None
     instance_count: int = 1
     instance_kind: str = "KIND_CPU"
     parameters: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -84,6 +97,10 @@ class ModelSpec:
             raise ModelConfigError(f"model {self.name}: duplicate tensor names {names}")
         if self.batching is not None and self.max_batch_size <= 0:
             raise ModelConfigError(f"model {self.name}: dynamic batching needs max_batch_size > 0")
+        if self.iterative is not None and (self.batching is not None or self.max_batch_size <= 0):
+            raise ModelConfigError(
+                f"model {self.name}: iterative sequences need max_batch_size > 0 and no dynamic batching"
+            )
         if (self.backend == "ensemble") != bool(self.steps):
             raise ModelConfigError(f"model {self.name}: ensembles, and only ensembles, have steps")
         if self.instance_count < 1:
@@ -122,6 +139,12 @@ class ModelSpec:
                 policy.default_timeout_microseconds = self.batching.queue_timeout_us
                 policy.allow_timeout_override = True
                 policy.max_queue_size = self.batching.max_queue_size
+        if self.iterative is not None:
+            sequence = config.sequence_batching
+            sequence.iterative_sequence = True
+            sequence.max_sequence_idle_microseconds = self.iterative.idle_us
+            sequence.oldest.max_candidate_sequences = self.iterative.max_candidates
+            sequence.oldest.max_queue_delay_microseconds = self.iterative.max_queue_delay_us
         if self.backend != "ensemble":
             config.instance_group.append(
                 pb.ModelInstanceGroup(

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from captioning import contract
 from captioning.export.gpu import GpuOptions, gpu_specs
-from captioning.export.model_config import BatchingSpec, EnsembleStep, ModelSpec, TensorSpec
+from captioning.export.model_config import (
+    BatchingSpec,
+    EnsembleStep,
+    IterativeSpec,
+    ModelSpec,
+    TensorSpec,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -27,6 +33,9 @@ class RepositoryOptions:
     # long; past either, a request is answered UNAVAILABLE at once. 0 switches the bound off.
     max_queue_size: int = contract.MAX_QUEUE_SIZE
     queue_timeout_s: float = contract.QUEUE_TIMEOUT_S
+    # In-flight batching of the generators (captioning/runtime/inflight.py): requests join the decoding batch at
+    # the next step and leave when answered. Off: each batch decodes to its end before the next one starts.
+    inflight: bool = False
     # How generators reach their graphs: "inprocess" (ONNX Runtime inside the generator's process: no tensor
     # copies through Triton per token, the fast path on CPU) or "bls" (calls to the graph models through
     # Triton, for GPU nodes whose graph models run on Triton's native TensorRT/ONNX Runtime backends).
@@ -74,6 +83,29 @@ class RepositoryOptions:
             max_queue_size=self.max_queue_size,
             queue_timeout_us=int(self.queue_timeout_s * 1_000_000),
         )
+
+    def generator_scheduling(self) -> dict:
+        """ModelSpec fields of the generators: the dynamic batcher, or iterative sequences for in-flight."""
+        if not self.inflight:
+            return {"max_batch_size": self.max_batch_size, "batching": self.batching()}
+        # The model sees every request it may hold (decoding + waiting) in one execution and sheds the rest.
+        rows = self.max_batch_size + self.max_queue_size
+        return {
+            "max_batch_size": rows,
+            "iterative": IterativeSpec(max_candidates=rows),
+        }
+
+    def generator_parameters(self) -> dict[str, str]:
+        """Model parameters of the generators besides their runner: graph runs and in-flight bounds."""
+        if not self.inflight:
+            return self.runner_parameters()
+        return {
+            **self.runner_parameters(),
+            contract.PARAM_INFLIGHT: "1",
+            contract.PARAM_INFLIGHT_ROWS: str(self.max_batch_size),
+            contract.PARAM_MAX_QUEUE_SIZE: str(self.max_queue_size),
+            contract.PARAM_QUEUE_TIMEOUT_S: str(self.queue_timeout_s),
+        }
 
     def runner_parameters(self) -> dict[str, str]:
         """Model parameters of every model that runs ONNX graphs."""
@@ -150,7 +182,8 @@ def _specs(
     height, width = image_size
     pixel_values = TensorSpec(c.PIXEL_VALUES, "FP32", (3, height, width))
     image_embeds = TensorSpec(c.IMAGE_EMBEDS, "FP32", (-1, -1))
-    generator_params = {c.PARAM_DECODER_RUNNER: options.decoder_runner, **options.runner_parameters()}
+    generator_params = {c.PARAM_DECODER_RUNNER: options.decoder_runner, **options.generator_parameters()}
+    scheduling = options.generator_scheduling()
 
     preprocess = [
         _step(c.PREPROCESS_MODEL, c.IMAGE_INPUT, c.PIXEL_VALUES),
@@ -175,9 +208,8 @@ def _specs(
             c.CAPTION_MODEL,
             (image_embeds,),
             (caption_en,),
-            max_batch_size=mbs,
-            batching=batching,
             parameters=generator_params,
+            **scheduling,
         ),
         ModelSpec(
             c.TRANSLATOR_MODEL,
@@ -187,8 +219,7 @@ def _specs(
                 TensorSpec(c.CAPTION_INPUT, "STRING", (1,), optional=True),
             ),
             (TensorSpec(c.TRANSLATION_OUTPUT, "STRING", (1,)),),
-            max_batch_size=mbs,
-            batching=batching,
+            **scheduling,
             parameters={
                 **generator_params,
                 c.PARAM_SRC_LANG: options.src_lang,

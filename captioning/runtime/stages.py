@@ -24,7 +24,9 @@ from captioning.decoding import (
     GenerationSettings,
     Overrides,
     VocabMap,
-    generate,
+    drain,
+    generate_steps,
+    map_steps,
 )
 from captioning.runtime.graphs import GraphRunner
 from captioning.runtime.tokenization import TextCodec
@@ -133,9 +135,12 @@ class CaptionStage:
         per_request = _per_request(self.settings, options)
         return run_grouped(list(embeds), per_request, self._caption, "caption generation", cancelled)
 
-    def _caption(
-        self, embeds: list, settings: GenerationSettings, stop: Cancelled | None = None
-    ) -> list[str]:
+    def prepared(self, embeds: Sequence, options: Overrides) -> tuple[list, GenerationSettings]:
+        """One request checked for in-flight admission (ValueError names the problem)."""
+        return list(embeds), self.settings.with_overrides(options)
+
+    def steps(self, embeds: list, settings: GenerationSettings, stop: Cancelled | None = None):
+        """The captions of `embeds`, decoded a step per `next()` (`captioning.decoding.Steps` of texts)."""
         if isinstance(embeds[0], np.ndarray):
             states = np.stack(embeds).astype(np.float32, copy=False)
         else:  # torch tensors on the decoder's device (GPU repositories, through DLPack): they stay there
@@ -143,8 +148,13 @@ class CaptionStage:
 
             states = torch.stack(embeds)
         mask = np.ones(tuple(states.shape[:2]), dtype=np.int64)
-        outputs = generate(self.decoder, states, mask, settings, should_stop=stop)
-        return [self.codec.decode(seq) for seq in outputs]
+        steps = generate_steps(self.decoder, states, mask, settings, should_stop=stop)
+        return map_steps(steps, self.codec.decode)
+
+    def _caption(
+        self, embeds: list, settings: GenerationSettings, stop: Cancelled | None = None
+    ) -> list[str]:
+        return drain(self.steps(embeds, settings, stop))
 
 
 @dataclasses.dataclass
@@ -173,6 +183,10 @@ class TranslationStage:
         out = self.encoder.run({"input_ids": input_ids, "attention_mask": attention_mask})
         return out["last_hidden_state"]
 
+    def _encode_text(self, item: str | Source) -> list[int]:
+        source = item if isinstance(item, Source) else Source(item)
+        return self.codec.encode(source.text, source.max_tokens, allow_empty=source.generated)
+
     def run(
         self,
         texts: Sequence[str | Source],
@@ -181,20 +195,28 @@ class TranslationStage:
     ) -> list[Result]:
         token_ids: list[list[int] | Exception] = []
         for item in texts:
-            source = item if isinstance(item, Source) else Source(item)
             try:
-                token_ids.append(
-                    self.codec.encode(source.text, source.max_tokens, allow_empty=source.generated)
-                )
+                token_ids.append(self._encode_text(item))
             except Exception as exc:  # too long, or a tokenizer error: this request only
                 token_ids.append(exc)
         per_request = _per_request(self.settings, options)
         return run_grouped(token_ids, per_request, self._translate, "translation", cancelled)
 
+    def prepared(
+        self, texts: Sequence[str | Source], options: Overrides
+    ) -> tuple[list[list[int]], GenerationSettings]:
+        """One request tokenised and checked for in-flight admission (ValueError names the problem)."""
+        settings = self.settings.with_overrides(options)
+        return [self._encode_text(item) for item in texts], settings
+
+    def steps(self, token_ids: list[list[int]], settings: GenerationSettings, stop: Cancelled | None = None):
+        """The translations of `token_ids`, decoded a step per `next()` (the encoder runs at once)."""
+        ids, mask = self.codec.pad(token_ids)
+        states = self.encode(ids, mask)
+        steps = generate_steps(self.decoder, states, mask, settings, self.vocab, should_stop=stop)
+        return map_steps(steps, self.codec.decode)
+
     def _translate(
         self, token_ids: list[list[int]], settings: GenerationSettings, stop: Cancelled | None = None
     ) -> list[str]:
-        ids, mask = self.codec.pad(token_ids)
-        states = self.encode(ids, mask)
-        outputs = generate(self.decoder, states, mask, settings, self.vocab, should_stop=stop)
-        return [self.codec.decode(seq) for seq in outputs]
+        return drain(self.steps(token_ids, settings, stop))

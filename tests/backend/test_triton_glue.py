@@ -227,3 +227,41 @@ def test_translator_adapter_refuses_bad_text_by_name(pb):
     assert "text is not valid UTF-8" in responses[1].error().message()
     assert "the limit is 6" in responses[2].error().message()
     assert responses[2].error().code() == pb.TritonError.INVALID_ARG
+
+
+def test_inflight_adapter_reschedules_until_answered_and_refuses_bad_requests_alone(pb):
+    from captioning.backend.iterative import IterativeExecutor
+    from captioning.runtime.inflight import InflightEngine, Limits
+
+    adapter = _adapter("caption_generator")
+    adapter.stage = CaptionStage(decoder=FakeDecoder(), settings=SETTINGS, codec=TextCodec(FakeTokenizer()))
+    engine = InflightEngine(adapter.stage.steps, Limits(max_rows=2, max_queue=1))
+    adapter.iterative = IterativeExecutor(
+        engine, lambda r: adapter.stage.prepared(*adapter._parse(r)), adapter._outputs
+    )
+    embeds = [np.full((1, 3, 4), i, dtype=np.float32) for i in range(4)]
+    first = FakeRequest({contract.IMAGE_EMBEDS: embeds[0]}, correlation_id=1)
+    bad = FakeRequest({contract.IMAGE_EMBEDS: embeds[1]}, {"caption_num_beams": 99}, correlation_id=2)
+    responses = adapter.execute([first, bad])
+    assert responses[0] is None and first.release_flags == pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
+    assert responses[1].error().code() == pb.TritonError.INVALID_ARG and bad.release_flags == 0
+    # Later arrivals join while `first` decodes; past the queue bound a request is UNAVAILABLE at once.
+    second = FakeRequest({contract.IMAGE_EMBEDS: embeds[2]}, correlation_id=3)
+    waiting = FakeRequest({contract.IMAGE_EMBEDS: np.concatenate(embeds[:2])}, correlation_id=4)
+    refused = FakeRequest({contract.IMAGE_EMBEDS: embeds[3]}, correlation_id=5)
+    responses = adapter.execute([first, second, waiting, refused])
+    assert responses[3].error().code() == pb.TritonError.UNAVAILABLE
+    live, answers = [first, second, waiting], {}
+    for _ in range(20):
+        for request, response in zip(live, adapter.execute(live), strict=True):
+            if response is not None:
+                answers[request.correlation_id()] = response
+        live = [r for r in live if r.correlation_id() not in answers]
+        if not live:
+            break
+    for key, embed in ((1, embeds[0]), (3, embeds[2]), (4, np.concatenate(embeds[:2]))):
+        got = [
+            row[0].decode()
+            for row in pb.get_output_tensor_by_name(answers[key], contract.CAPTION_EN).as_numpy()
+        ]
+        assert got == adapter.stage.run(list(embed), [Overrides()] * len(embed))

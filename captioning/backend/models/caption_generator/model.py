@@ -5,6 +5,7 @@ moves tensors and errors between Triton and those modules.
 """
 
 from captioning import contract
+from captioning.backend.iterative import IterativeExecutor
 from captioning.backend.runners import ModelContext
 from captioning.backend.triton_utils import input_array, run_rows, string_tensor
 from captioning.runtime.options import stage_options
@@ -13,6 +14,8 @@ from captioning.runtime.tokenization import TextCodec
 
 
 class TritonPythonModel:
+    iterative = None  # an IterativeExecutor when exported with --inflight
+
     def initialize(self, args):
         model = ModelContext.setup(args)
         settings = load_settings(model.directory / "generation.json")
@@ -21,6 +24,13 @@ class TritonPythonModel:
             settings=settings,
             codec=TextCodec.load(model.directory / "tokenizer"),
         )
+        engine = model.inflight(self.stage.steps)  # None unless exported with --inflight
+        self.iterative = engine and IterativeExecutor(
+            engine, lambda r: self.stage.prepared(*self._parse(r)), self._outputs
+        )
+
+    def _outputs(self, rows):
+        return [string_tensor(contract.CAPTION_EN, rows)]
 
     def _parse(self, request):
         embeds = input_array(request, contract.IMAGE_EMBEDS)  # numpy, or a GPU tensor from blip_vision
@@ -32,6 +42,6 @@ class TritonPythonModel:
         return list(embeds), options
 
     def execute(self, requests):
-        return run_rows(
-            requests, self._parse, self.stage.run, lambda rows: [string_tensor(contract.CAPTION_EN, rows)]
-        )
+        if self.iterative:
+            return self.iterative.execute(requests)
+        return run_rows(requests, self._parse, self.stage.run, self._outputs)

@@ -5,6 +5,7 @@ moves tensors and errors between Triton and those modules.
 """
 
 from captioning import contract
+from captioning.backend.iterative import IterativeExecutor
 from captioning.backend.runners import ModelContext
 from captioning.backend.triton_utils import has_input, run_rows, string_rows, string_tensor
 from captioning.decoding import VocabMap
@@ -14,6 +15,8 @@ from captioning.runtime.tokenization import TextCodec
 
 
 class TritonPythonModel:
+    iterative = None  # an IterativeExecutor when exported with --inflight
+
     def initialize(self, args):
         model = ModelContext.setup(args)
         graphs = model.graphs()
@@ -34,6 +37,13 @@ class TritonPythonModel:
             ),
             vocab=VocabMap.load(vocab) if vocab.exists() else None,
         )
+        engine = model.inflight(self.stage.steps)  # None unless exported with --inflight
+        self.iterative = engine and IterativeExecutor(
+            engine, lambda r: self.stage.prepared(*self._parse(r)), self._outputs
+        )
+
+    def _outputs(self, rows):
+        return [string_tensor(contract.TRANSLATION_OUTPUT, rows)]
 
     def _parse(self, request):
         """User text (`text`, held to the user-text limit) or a caption the pipeline wrote (`caption_en`)."""
@@ -56,9 +66,6 @@ class TritonPythonModel:
         return texts, options
 
     def execute(self, requests):
-        return run_rows(
-            requests,
-            self._parse,
-            self.stage.run,
-            lambda rows: [string_tensor(contract.TRANSLATION_OUTPUT, rows)],
-        )
+        if self.iterative:
+            return self.iterative.execute(requests)
+        return run_rows(requests, self._parse, self.stage.run, self._outputs)

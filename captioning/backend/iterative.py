@@ -1,0 +1,63 @@
+"""Triton glue of in-flight batching: one `execute` of an iterative-sequence model is one engine step.
+
+Each request is known by its correlation id (the sequence batcher gives every iterative request its own).
+A new request is parsed and submitted once; every request not answered in this step is released with
+RESCHEDULE and comes back in the next execution, beside new arrivals (python_backend's request rescheduling).
+The decoding and its bounds live in `captioning.runtime.inflight`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import triton_python_backend_utils as pb_utils
+
+from captioning.backend.triton_utils import cancelled, error_response, respond_per_row
+from captioning.runtime.inflight import InflightEngine
+
+
+class IterativeExecutor:
+    """`parse(request) -> (items, settings)` raises for a bad request (answered alone, at once);
+    `build(texts) -> output tensors` makes a success response."""
+
+    def __init__(
+        self,
+        engine: InflightEngine,
+        parse: Callable[[Any], tuple[list, Any]],
+        build: Callable[[list], list],
+    ) -> None:
+        self.engine, self.parse, self.build = engine, parse, build
+        self.ready: dict[Hashable, Any] = {}  # answered while its request sat out an execution
+
+    def execute(self, requests) -> list:
+        responses: list = [None] * len(requests)
+        index: dict[Hashable, int] = {}
+        for i, request in enumerate(requests):
+            key = request.correlation_id()
+            index[key] = i
+            if key in self.engine or key in self.ready:
+                continue
+            try:
+                items, settings = self.parse(request)
+                self.engine.submit(key, items, settings, cancelled(request))
+            except Exception as exc:  # bad input, or the queue is full: this request only
+                responses[i] = error_response(exc)
+        try:
+            self.ready.update(self.engine.step())
+        except Exception as exc:  # a bug in the engine: fail what is in flight, keep the model alive
+            for key in list(index):
+                if responses[index[key]] is None:
+                    self.ready[key] = exc
+        for key, i in index.items():
+            if responses[i] is not None:
+                continue
+            if key in self.ready:
+                result = self.ready.pop(key)
+                if isinstance(result, BaseException):
+                    responses[i] = error_response(result)
+                else:
+                    (responses[i],) = respond_per_row([len(result)], result, self.build)
+            else:
+                requests[i].set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+        return responses

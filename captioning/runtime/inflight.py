@@ -1,0 +1,186 @@
+"""In-flight batching of a generation stage: a request joins at the next decode step and leaves as soon as its
+answer is final, instead of waiting for the batch that was decoding when it arrived.
+
+Triton drives it (docs/design.md): the generator's config uses the sequence batcher's *iterative sequences*,
+so every `execute` is one step for the requests in flight, and requests not yet answered are rescheduled into
+the next one, beside newly arrived requests. This module is the plain part: no Triton import.
+
+Requests admitted at the same step and sharing settings form a *cohort*, one `generate()` batch run a step at
+a time (`captioning.decoding.generate_steps`), so every answer is token for token `generate()`'s. Cohorts of
+different ages step in the same `execute` but in separate graph calls: their caches have different lengths,
+and the exported step graphs take one past length per call. A cohort stops computing when all its requests
+are answered (final, failed or cancelled).
+
+Admission is bounded like Triton's queue policy: at most `max_rows` sources decode at once, at most
+`max_queue` requests wait, none longer than `queue_timeout_s`; past a bound a request fails with
+`ServerBusy` (UNAVAILABLE), at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+
+from captioning import contract
+from captioning.decoding import GenerationCancelled, GenerationSettings, Progress
+
+LOG = logging.getLogger(__name__)
+
+Result = list[str] | Exception
+StartSteps = Callable[[list, GenerationSettings], "object"]  # (items, settings) -> stepped search of texts
+CANCEL_CHECK_S = 0.25  # is_cancelled() is a round trip to the server: ask each request at most this often
+
+
+class ServerBusy(Exception):
+    """The stage is at its admission bound; the client should retry later (Triton's UNAVAILABLE)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_rows: int = contract.MAX_BATCH_SIZE  # sources decoding at once
+    max_queue: int = contract.MAX_QUEUE_SIZE  # requests waiting to join (0: no bound)
+    queue_timeout_s: float = contract.QUEUE_TIMEOUT_S  # longest wait to join (0: no bound)
+
+
+@dataclasses.dataclass
+class _Request:
+    key: Hashable
+    items: list
+    settings: GenerationSettings
+    arrived: float
+    cancelled: Callable[[], bool]
+    offset: int = 0  # its first item's index in its cohort
+
+
+@dataclasses.dataclass
+class _Cohort:
+    requests: list[_Request]
+    steps: object  # generator of Progress, returning every item's text
+    open: set = dataclasses.field(default_factory=set)  # keys not answered yet
+
+    @property
+    def rows(self) -> int:
+        return sum(len(r.items) for r in self.requests)
+
+
+class InflightEngine:
+    def __init__(self, start: StartSteps, limits: Limits = Limits(), clock=time.monotonic) -> None:
+        self.start, self.limits, self.clock = start, limits, clock
+        self.pending: deque[_Request] = deque()
+        self.cohorts: list[_Cohort] = []
+        self.known: set = set()
+        self.next_cancel_check = 0.0
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.known
+
+    @property
+    def running_rows(self) -> int:
+        return sum(c.rows for c in self.cohorts)
+
+    def submit(
+        self,
+        key: Hashable,
+        items: Sequence,
+        settings: GenerationSettings,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Queue a request to join at the next step; ServerBusy when the queue is full, ValueError when it
+        has more rows than may ever decode at once."""
+        if len(items) > self.limits.max_rows:
+            raise ValueError(f"a request may carry at most {self.limits.max_rows} rows, got {len(items)}")
+        if self.limits.max_queue and len(self.pending) >= self.limits.max_queue:
+            raise ServerBusy(
+                f"{len(self.pending)} requests are already waiting to join the decoding batch; retry later"
+            )
+        self.pending.append(_Request(key, list(items), settings, self.clock(), cancelled))
+        self.known.add(key)
+
+    def step(self) -> dict[Hashable, Result]:
+        """Shed, admit, and advance every cohort by one step; returns the requests answered in this step."""
+        answered: dict[Hashable, Result] = {}
+        self._shed(answered)
+        self._cancel(answered)
+        self._admit(answered)
+        for cohort in list(self.cohorts):
+            self._advance(cohort, answered)
+        self.known -= answered.keys()
+        return answered
+
+    # -- admission ----------------------------------------------------------------------------------------
+    def _shed(self, answered: dict) -> None:
+        timeout = self.limits.queue_timeout_s
+        if not timeout:
+            return
+        now = self.clock()
+        while self.pending and now - self.pending[0].arrived > timeout:
+            request = self.pending.popleft()
+            answered[request.key] = ServerBusy(
+                f"waited {now - request.arrived:.1f} s to join the decoding batch (limit {timeout:g} s)"
+            )
+
+    def _admit(self, answered: dict) -> None:
+        free = self.limits.max_rows - self.running_rows
+        joining: dict[GenerationSettings, list[_Request]] = {}
+        while self.pending and len(self.pending[0].items) <= free:  # in arrival order: no overtaking
+            request = self.pending.popleft()
+            free -= len(request.items)
+            joining.setdefault(request.settings, []).append(request)
+        for settings, requests in joining.items():
+            items = []
+            for request in requests:
+                request.offset = len(items)
+                items += request.items
+            try:
+                steps = self.start(items, settings)
+            except Exception as exc:  # e.g. the encoder failed: these requests only
+                LOG.exception("starting a cohort of %d requests failed", len(requests))
+                answered.update((r.key, exc) for r in requests)
+                continue
+            self.cohorts.append(_Cohort(requests, steps, {r.key for r in requests}))
+        if joining:
+            LOG.debug("admitted %d requests; %d rows decoding", len(joining), self.running_rows)
+
+    def _cancel(self, answered: dict) -> None:
+        now = self.clock()
+        if now < self.next_cancel_check:
+            return
+        self.next_cancel_check = now + CANCEL_CHECK_S
+        gone = GenerationCancelled("the request was cancelled")
+        for request in [r for r in self.pending if r.cancelled()]:
+            self.pending.remove(request)
+            answered[request.key] = gone
+        for cohort in self.cohorts:
+            for request in cohort.requests:
+                if request.key in cohort.open and request.cancelled():
+                    cohort.open.discard(request.key)
+                    answered[request.key] = gone
+
+    # -- decoding -----------------------------------------------------------------------------------------
+    def _advance(self, cohort: _Cohort, answered: dict) -> None:
+        if cohort.open:
+            try:
+                progress: Progress = next(cohort.steps)  # type: ignore[call-overload]
+            except StopIteration as stop:
+                for request in cohort.requests:
+                    if request.key in cohort.open:
+                        answered[request.key] = stop.value[
+                            request.offset : request.offset + len(request.items)
+                        ]
+                cohort.open.clear()
+            except Exception as exc:  # a failed step fails its cohort only
+                LOG.exception("a decode step failed for %d requests", len(cohort.open))
+                answered.update((key, exc) for key in cohort.open)
+                cohort.open.clear()
+            else:
+                for request in cohort.requests:
+                    rows = range(request.offset, request.offset + len(request.items))
+                    if request.key in cohort.open and all(progress.done[i] for i in rows):
+                        answered[request.key] = [progress.output(i) for i in rows]
+                        cohort.open.discard(request.key)
+        if not cohort.open:  # everyone answered: stop computing its rows
+            cohort.steps.close()  # type: ignore[attr-defined]
+            self.cohorts.remove(cohort)

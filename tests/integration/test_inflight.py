@@ -1,0 +1,130 @@
+"""In-flight batching through a real tritonserver (`export --inflight`): requests that arrive while others
+decode join at the next step, a short request overtakes a long one, every answer is `generate()`'s, and a bad
+request joining a running batch fails alone."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from captioning.client import CaptionClient, GenerationOptions, InvalidInputError
+
+from serving_helpers import assert_all_equal, serve
+
+pytestmark = pytest.mark.integration
+
+FIXED = 60  # the repository's translation length (min = max new tokens), so a translation takes 60 steps
+
+
+@pytest.fixture(scope="module")
+def inflight_server(fixture_checkpoints, tmp_path_factory):
+    from captioning.decoding import Overrides
+    from captioning.export.build import BuildOptions, build_repository
+    from captioning.export.repository import RepositoryOptions
+
+    output = tmp_path_factory.mktemp("export-inflight") / "repository"
+    options = BuildOptions(
+        progress=False,
+        translation=Overrides(max_new_tokens=FIXED, min_new_tokens=FIXED),
+        repository=RepositoryOptions(inflight=True),
+    )
+    repository = build_repository(fixture_checkpoints.blip, fixture_checkpoints.mbart, output, options)
+    config = (repository / "translator" / "config.pbtxt").read_text()
+    assert "iterative_sequence: true" in config and "dynamic_batching" not in config
+    with serve(repository, tmp_path_factory.mktemp("server-inflight")) as running:
+        yield running
+
+
+def _fixed_translation(reference, text: str, beams: int | None = None, tokens: int = FIXED) -> str:
+    import torch
+
+    inputs = reference.tokenizer(text, return_tensors="pt")
+    kwargs = {"num_beams": beams} if beams else {}
+    with torch.inference_mode():
+        ids = reference.mbart.generate(
+            **inputs,
+            forced_bos_token_id=reference.ar_id,
+            min_new_tokens=FIXED,
+            max_new_tokens=tokens,
+            **kwargs,
+        )
+    return reference.tokenizer.decode(ids[0], skip_special_tokens=True)
+
+
+def _staggered(jobs, spread_s: float) -> list:
+    """Run each job on its own thread, starting at random offsets within `spread_s`."""
+    results: list = [None] * len(jobs)
+    rng = random.Random(0)
+
+    def run(i: int, delay: float) -> None:
+        time.sleep(delay)
+        try:
+            results[i] = jobs[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, rng.uniform(0, spread_s))) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return results
+
+
+def test_staggered_requests_equal_generate(inflight_server, reference, image_bytes):
+    images = image_bytes[:24]
+    options = [GenerationOptions(caption_num_beams=3), GenerationOptions()]
+    with CaptionClient(inflight_server.grpc_url, timeout_s=300) as client:
+        jobs = [
+            (lambda data=data, o=options[i % 2]: client.caption(data, options=o))
+            for i, data in enumerate(images)
+        ]
+        results = _staggered(jobs, spread_s=2.0)
+    pairs = []
+    for i, (result, data) in enumerate(zip(results, images, strict=True)):
+        assert not isinstance(result, Exception), result
+        english = reference.caption(data, options[i % 2].caption_num_beams)
+        pairs.append(((result.english, result.arabic), (english, _fixed_translation(reference, english))))
+    assert_all_equal(pairs, "captions decoded in flight")
+
+
+def test_a_short_request_overtakes_a_long_one_and_a_bad_one_fails_alone(
+    inflight_server, reference, shared_data
+):
+    lines = (shared_data / "tatoeba_ara_eng" / "ara.txt").read_text(encoding="utf-8").splitlines()
+    long_texts = [line.split("\t")[0] for line in lines[::500]][:16]
+    started: dict[str, float] = {}
+    finished: dict[str, float] = {}
+    with CaptionClient(inflight_server.grpc_url, timeout_s=300) as client:
+
+        def long():
+            started["long"] = time.monotonic()
+            out = client.translate(long_texts, options=GenerationOptions(translation_num_beams=8))
+            finished["long"] = time.monotonic()
+            return out
+
+        def short():
+            time.sleep(0.15)  # the long batch is decoding by now (it takes seconds)
+            out = client.translate("A dog runs .", options=GenerationOptions(translation_max_new_tokens=2))
+            finished["short"] = time.monotonic()
+            return out
+
+        def bad():
+            time.sleep(0.15)
+            with pytest.raises(InvalidInputError, match="translation_num_beams must be in 1..8, got 99"):
+                client.translate("A cat .", options=GenerationOptions(translation_num_beams=99))
+            return "refused"
+
+        results = _staggered([long, short, bad], spread_s=0.0)
+    assert results[2] == "refused", results[2]
+    assert isinstance(results[0], list), results[0]
+    took = {key: round(finished[key] - started["long"], 2) for key in finished}
+    assert finished["short"] < finished["long"], f"the short request waited for the long batch: {took}"
+    assert results[1] == _fixed_translation(reference, "A dog runs .", tokens=2)
+    assert_all_equal(
+        [(s, _fixed_translation(reference, t, beams=8)) for s, t in zip(results[0], long_texts, strict=True)],
+        "translations of the long batch",
+    )

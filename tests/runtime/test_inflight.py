@@ -1,0 +1,128 @@
+"""In-flight batching against a fake decoder: answers equal batch decoding, requests join at the next step
+and leave when final, the queue bounds shed at once, and cancellation and failures stay with their requests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from captioning.decoding import GenerationCancelled, Overrides
+from captioning.runtime.inflight import InflightEngine, Limits, ServerBusy
+from captioning.runtime.stages import CaptionStage
+from captioning.runtime.tokenization import TextCodec
+
+from fakes import SETTINGS, FakeDecoder
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _stage(decoder: FakeDecoder | None = None) -> CaptionStage:
+    from fakes import FakeTokenizer
+
+    return CaptionStage(decoder=decoder or FakeDecoder(), settings=SETTINGS, codec=TextCodec(FakeTokenizer()))
+
+
+def _embeds(*seeds: int) -> list[np.ndarray]:
+    return [np.full((3, 4), s, dtype=np.float32) for s in seeds]
+
+
+def _engine(stage: CaptionStage, limits: Limits | None = None, clock=None) -> InflightEngine:
+    return InflightEngine(stage.steps, limits or Limits(), **({"clock": clock} if clock else {}))
+
+
+def _submit(engine, stage, key, embeds, options=None, cancelled=lambda: False):
+    items, settings = stage.prepared(embeds, options or Overrides())
+    engine.submit(key, items, settings, cancelled)
+
+
+def _run(engine, until: set, limit: int = 50) -> tuple[dict, dict]:
+    """Step until every key in `until` is answered: (answers, the step each was answered at)."""
+    answers, at = {}, {}
+    for step in range(limit):
+        for key, result in engine.step().items():
+            answers[key], at[key] = result, step
+        if until <= answers.keys():
+            return answers, at
+    raise AssertionError(f"not answered after {limit} steps: {until - answers.keys()}")
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_staggered_requests_get_what_batch_decoding_gives(beams):
+    stage = _stage()
+    options = Overrides(num_beams=beams)
+    engine = _engine(stage)
+    _submit(engine, stage, "a", _embeds(1, 2), options)
+    engine.step()
+    engine.step()
+    _submit(engine, stage, "b", _embeds(3), options)  # joins two steps into a's decode
+    _submit(engine, stage, "c", _embeds(4), Overrides(num_beams=2))  # other settings: its own cohort
+    answers, _ = _run(engine, {"a", "b", "c"})
+    assert answers["a"] == stage.run(_embeds(1, 2), [options] * 2)
+    assert answers["b"] == stage.run(_embeds(3), [options])
+    assert answers["c"] == stage.run(_embeds(4), [Overrides(num_beams=2)])
+    assert not engine.cohorts and not engine.pending and "a" not in engine
+
+
+def test_a_short_request_overtakes_a_long_one_that_was_decoding():
+    stage = _stage()
+    engine = _engine(stage)
+    _submit(engine, stage, "long", _embeds(1), Overrides(max_new_tokens=5))
+    engine.step()
+    _submit(engine, stage, "short", _embeds(2), Overrides(max_new_tokens=1))
+    answers, at = _run(engine, {"long", "short"})
+    assert at["short"] < at["long"]
+    assert answers["short"] == stage.run(_embeds(2), [Overrides(max_new_tokens=1)])
+
+
+def test_a_full_queue_is_refused_at_once_and_a_stale_wait_is_shed():
+    clock = Clock()
+    stage = _stage()
+    engine = _engine(stage, Limits(max_rows=1, max_queue=1, queue_timeout_s=5.0), clock)
+    _submit(engine, stage, "running", _embeds(1))
+    engine.step()
+    _submit(engine, stage, "waiting", _embeds(2))  # no free row: it waits
+    with pytest.raises(ServerBusy, match="already waiting"):
+        _submit(engine, stage, "third", _embeds(3))
+    clock.now = 6.0
+    answers = engine.step()
+    assert isinstance(answers["waiting"], ServerBusy) and "limit 5 s" in str(answers["waiting"])
+    with pytest.raises(ValueError, match="at most 1 rows"):
+        _submit(engine, stage, "wide", _embeds(1, 2))
+
+
+def test_cancelled_requests_leave_and_an_all_cancelled_cohort_stops():
+    clock = Clock()
+    stage = _stage()
+    engine = _engine(stage, clock=clock)
+    gone = {"a": False, "b": False}
+    _submit(engine, stage, "a", _embeds(1), cancelled=lambda: gone["a"])
+    engine.step()
+    _submit(engine, stage, "b", _embeds(2), cancelled=lambda: gone["b"])
+    gone["a"] = True
+    clock.now = 1.0
+    answers = engine.step()
+    assert isinstance(answers["a"], GenerationCancelled) and "b" not in answers
+    assert len(engine.cohorts) == 1  # a's cohort stopped computing; b's goes on
+    answers, _ = _run(engine, {"b"})
+    assert answers["b"] == stage.run(_embeds(2), [Overrides()])
+
+
+def test_a_failing_cohort_fails_only_its_requests():
+    stage = _stage(FakeDecoder(fail_when_beams=3))
+    engine = _engine(stage)
+    _submit(engine, stage, "bad", _embeds(1), Overrides(num_beams=3))
+    _submit(engine, stage, "good", _embeds(2))
+    answers, _ = _run(engine, {"bad", "good"})
+    assert isinstance(answers["bad"], RuntimeError) and "decoder broke" in str(answers["bad"])
+    assert answers["good"] == stage.run(_embeds(2), [Overrides()])
+
+
+def test_bad_options_are_refused_before_admission():
+    with pytest.raises(ValueError, match="num_beams"):
+        _stage().prepared(_embeds(1), Overrides(num_beams=0))

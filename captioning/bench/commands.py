@@ -28,6 +28,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         translator=args.translator,
         images_dir=args.images_dir,
         num_images=args.num_images,
+        num_texts=args.num_texts,
         caption_num_beams=args.caption_num_beams,
         caption_tokens=args.caption_tokens,
         translation_num_beams=args.translation_num_beams,
@@ -118,6 +119,12 @@ def _add_inputs(models, defaults: BenchOptions) -> None:
     )
     models.add_argument("--images-dir", type=Path, default=defaults.images_dir, help="JPEGs to send")
     models.add_argument("--num-images", type=int, default=defaults.num_images, help="first N images, sorted")
+    models.add_argument(
+        "--num-texts",
+        type=int,
+        default=defaults.num_texts,
+        help="translation-stage inputs: the first caption of each of the first N images",
+    )
 
 
 def _add_generation(gen, defaults: BenchOptions) -> None:

@@ -14,6 +14,7 @@ class BenchOptions:
     translator: Path | None = None
     images_dir: Path = default_data_dir() / "flickr8k" / "Images"
     num_images: int = 8
+    num_texts: int = 16  # translation-stage inputs: a full batch of the batched peers
     caption_num_beams: int = 3
     caption_tokens: int = 20  # min = max new tokens
     translation_num_beams: int = 5
@@ -37,8 +38,8 @@ class BenchOptions:
             raise ValueError("give both --captioner and --translator, or neither")
         if not (self.in_process or self.triton):
             raise ValueError("nothing to measure: the baseline, the peers and Triton are all switched off")
-        if self.num_images < 1 or self.repeats < 1 or self.requests < 1:
-            raise ValueError("--num-images, --repeats and --requests must be positive")
+        if min(self.num_images, self.num_texts, self.repeats, self.requests) < 1:
+            raise ValueError("--num-images, --num-texts, --repeats and --requests must be positive")
         if self.peer_batch_size < 1:
             raise ValueError("--peer-batch-size must be positive")
         if not self.concurrency or min(self.concurrency) < 1:

@@ -39,13 +39,15 @@ def load_images(options: BenchOptions) -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in paths]
 
 
-def caption_texts(options: BenchOptions, names: list[str]) -> list[str]:
-    """Real Flickr8k captions (the first per image) as the translator's input data."""
+def caption_texts(options: BenchOptions) -> list[str]:
+    """Real Flickr8k captions (the first of each of the first `num_texts` images) as the translation stage's
+    input: the translator, the translation peers and the `translator` runs all get these."""
     from captioning.datasets import read_captions
 
+    names = [p.name for p in sorted(Path(options.images_dir).glob("*.jpg"))[: options.num_texts]]
     captions = read_captions(Path(options.images_dir).parent / "captions.txt")
     texts = [captions[n][0] for n in names if captions.get(n)]
-    return texts or [first for first, *_ in list(captions.values())[: len(names)]]
+    return texts or [first for first, *_ in list(captions.values())[: options.num_texts]]
 
 
 def resolve_checkpoints(options: BenchOptions) -> tuple[Path, Path]:
@@ -213,7 +215,7 @@ def run_bench(options: BenchOptions) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     captioner, translator = resolve_checkpoints(options)
     images = load_images(options)
-    texts = caption_texts(options, [n for n, _ in images])
+    texts = caption_texts(options)
     inputs = {
         "image": write_input_data(
             output_dir / "input-images.json", bytes_input_data("image", [d for _, d in images])

@@ -88,8 +88,10 @@ class RepositoryOptions:
         """ModelSpec fields of the generators: the dynamic batcher, or iterative sequences for in-flight."""
         if not self.inflight:
             return {"max_batch_size": self.max_batch_size, "batching": self.batching()}
-        # The model sees every request it may hold (decoding + waiting) in one execution and sheds the rest.
-        rows = self.max_batch_size + self.max_queue_size
+        # The model sees every request it may hold (decoding + waiting) and one batch more in each execution:
+        # that surplus is what it sheds (UNAVAILABLE) at once. Without it Triton's own backlog would hold the
+        # excess, unbounded, since the sequence batcher has no queue policy.
+        rows = self.max_batch_size + self.max_queue_size + self.max_batch_size
         return {
             "max_batch_size": rows,
             "iterative": IterativeSpec(max_candidates=rows),

@@ -93,8 +93,9 @@ class InflightEngine:
         if len(items) > self.limits.max_rows:
             raise ValueError(f"a request may carry at most {self.limits.max_rows} rows, got {len(items)}")
         if self.limits.max_queue and len(self.pending) >= self.limits.max_queue:
-            raise ServerBusy(
-                f"{len(self.pending)} requests are already waiting to join the decoding batch; retry later"
+            raise ServerBusy(  # Triton's own words for a full queue, so clients treat both alike
+                f"Exceeds maximum queue size: {len(self.pending)} requests are already waiting to join "
+                "the decoding batch; retry later"
             )
         self.pending.append(_Request(key, list(items), settings, self.clock(), cancelled))
         self.known.add(key)
@@ -119,7 +120,8 @@ class InflightEngine:
         while self.pending and now - self.pending[0].arrived > timeout:
             request = self.pending.popleft()
             answered[request.key] = ServerBusy(
-                f"waited {now - request.arrived:.1f} s to join the decoding batch (limit {timeout:g} s)"
+                f"Request timeout expired: waited {now - request.arrived:.1f} s to join the decoding "
+                f"batch (limit {timeout:g} s)"
             )
 
     def _admit(self, answered: dict) -> None:

@@ -237,7 +237,14 @@ def test_bench_end_to_end(fixture_checkpoints, shared_data, tmp_path, capsys) ->
         "--translator",
         str(fixture_checkpoints.mbart),
     ]
-    argv += ["--images-dir", str(shared_data / "flickr8k" / "Images"), "--num-images", "2"]
+    argv += [
+        "--images-dir",
+        str(shared_data / "flickr8k" / "Images"),
+        "--num-images",
+        "2",
+        "--num-texts",
+        "3",
+    ]
     argv += ["--concurrency", "1,2", "--repeats", "1", "--requests", "2", "--output-dir", str(output)]
     argv += [
         "--caption-beams",

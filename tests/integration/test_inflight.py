@@ -95,7 +95,7 @@ def test_a_short_request_overtakes_a_long_one_and_a_bad_one_fails_alone(
     inflight_server, reference, shared_data
 ):
     lines = (shared_data / "tatoeba_ara_eng" / "ara.txt").read_text(encoding="utf-8").splitlines()
-    long_texts = [line.split("\t")[0] for line in lines[::500]][:16]
+    long_texts = [line.split("\t")[0] for line in lines[::500]][:8]  # 8 of the 16 rows: room to join
     started: dict[str, float] = {}
     finished: dict[str, float] = {}
     with CaptionClient(inflight_server.grpc_url, timeout_s=300) as client:
@@ -128,3 +128,21 @@ def test_a_short_request_overtakes_a_long_one_and_a_bad_one_fails_alone(
         [(s, _fixed_translation(reference, t, beams=8)) for s, t in zip(results[0], long_texts, strict=True)],
         "translations of the long batch",
     )
+
+
+def test_past_the_admission_bound_requests_are_shed_and_the_rest_are_exact(inflight_server, reference):
+    """96 clients against 16 decoding rows and 32 waiting places: the surplus is UNAVAILABLE (ServerBusyError)
+    instead of queueing without bound, and every answered request is still generate()'s."""
+    from captioning.client import ServerBusyError
+
+    text = "Two dogs play in the snow ."
+    with CaptionClient(inflight_server.grpc_url, timeout_s=300) as client:
+        options = GenerationOptions(translation_num_beams=8)
+        results = _staggered([lambda: client.translate(text, options=options)] * 96, spread_s=0.2)
+    busy = [r for r in results if isinstance(r, ServerBusyError)]
+    served = [r for r in results if isinstance(r, str)]
+    assert len(busy) + len(served) == 96, [r for r in results if not isinstance(r, (str, ServerBusyError))]
+    assert busy and served, f"{len(busy)} shed, {len(served)} served"
+    assert "waiting to join the decoding batch" in str(busy[0])
+    assert len(busy) >= 96 - 64, "more requests waited than the model may see and hold"
+    assert set(served) == {_fixed_translation(reference, text, beams=8)}

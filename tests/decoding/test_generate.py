@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from captioning.decoding import GenerationSettings, Overrides, generate
+from captioning.decoding import GenerationSettings, Overrides, generate, generate_steps
 
 from torch_decoders import (
     BlipTorchDecoder,
@@ -272,7 +272,28 @@ def _toy_case(rng: np.random.Generator) -> tuple[list[list[int]], GenerationSett
     _assert_same(ours, hf, TOY_PAD)
     assert decoder.widths[0] == len(prompt) and set(decoder.widths[1:]) <= {1}
     assert len(decoder.widths) == model.calls, "decoding should stop at the same step as HF"
+    _assert_early_answers_are_final(decoder, states, settings, ours)
     return ours, settings
+
+
+def _assert_early_answers_are_final(decoder, states, settings, final: list[list[int]]) -> None:
+    """Run step by step (as in-flight batching does): an item reported final before the search ends already
+    holds its final answer."""
+    steps = generate_steps(decoder, states, np.ones((len(final), 2), dtype=np.int64), settings)
+    early: dict[int, list[int]] = {}
+    while True:
+        try:
+            progress = next(steps)
+        except StopIteration as stop:
+            assert stop.value == final
+            break
+        for b in np.flatnonzero(progress.done):
+            early.setdefault(int(b), progress.output(int(b)))
+    assert all(early[b] == final[b] for b in early), (early, final)
+    _EARLY.append(len(early))
+
+
+_EARLY: list[int] = []
 
 
 @pytest.mark.filterwarnings("ignore:Unfeasible length constraints")
@@ -283,6 +304,7 @@ def test_toy_random_settings_match_hf():
         ours, settings = _toy_case(rng)
         early_finish += all(len(r) < settings.max_length for r in ours)
     assert early_finish > 20, "the cases should include batches whose every hypothesis stopped at EOS"
+    assert sum(_EARLY) > 50, "the cases should include items answered before their batch ended"
 
 
 # --- settings -------------------------------------------------------------------------------------------

@@ -69,8 +69,12 @@ class Peers:
         self.rows += self._ctranslate2_rows(translator, kept_ids)
 
     def _ctranslate2_rows(self, translator: Path, kept_ids: list[int] | None) -> list[PeerRow]:
-        vocab = " + vocabulary map" if kept_ids is not None else ""
-        names = [f"CTranslate2 {q}{vocab}, batches of {self.batch}" for q in ("fp32", "int8")]
+        """fp32 and int8 on the full vocabulary; with a trimmed repository compared, int8 with a vocabulary
+        map of its kept tokens as well, so trimmed is compared with trimmed."""
+        variants = [("fp32", "float32", False), ("int8", "int8", False)]
+        if kept_ids is not None:
+            variants.append(("int8 + vocabulary map", "int8", True))
+        names = [f"CTranslate2 {label}, batches of {self.batch}" for label, _, _ in variants]
         missing = ctranslate.available()
         if missing is not None:
             LOG.warning("%s; its rows are skipped", missing)
@@ -78,13 +82,14 @@ class Peers:
         tokenizer = self.pipeline.tokenizer
         kept = None if kept_ids is None else tokenizer.convert_ids_to_tokens(list(kept_ids))
         rows = []
-        for name, quantization in zip(names, ("float32", "int8"), strict=True):
+        for name, (_, quantization, mapped) in zip(names, variants, strict=True):
             model_dir = ctranslate.convert(
-                translator, Path(self.options.output_dir) / "ctranslate2", quantization, kept
+                translator,
+                Path(self.options.output_dir) / "ctranslate2",
+                quantization,
+                kept if mapped else None,
             )
-            engine = ctranslate.CT2Translator(
-                model_dir, tokenizer, self.pipeline_threads, use_vmap=kept is not None
-            )
+            engine = ctranslate.CT2Translator(model_dir, tokenizer, self.pipeline_threads, use_vmap=mapped)
             rows.append(PeerRow(name, TRANSLATION, self._ct2_runner(engine)))
         return rows
 

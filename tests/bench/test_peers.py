@@ -108,3 +108,15 @@ def test_agreement_counts_equal_outputs() -> None:
     pairs = [{"english": "e", "arabic": "a"}, {"english": "e", "arabic": "b"}]
     assert comparison.agreement(pairs, [{"english": "e", "arabic": "a", "image": "1.jpg"}] * 2) == "1/2"
     assert comparison.agreement(None, ["a"]) == "-" and comparison.agreement(["a"], ["a", "b"]) == "-"
+
+
+def test_a_trimmed_repository_gives_ctranslate2_its_kept_ids(tmp_path) -> None:
+    from captioning.bench.peers import kept_ids_of
+    from captioning.decoding import VocabMap
+
+    plain, trimmed = tmp_path / "plain", tmp_path / "trimmed"
+    (trimmed / contract.TRANSLATOR_MODEL / "1").mkdir(parents=True)
+    plain.mkdir()
+    VocabMap((0, 2, 5, 9), full_size=12).save(trimmed / contract.TRANSLATOR_MODEL / "1" / "vocab.json")
+    assert kept_ids_of([("exact", plain)]) is None
+    assert kept_ids_of([("exact", plain), ("trim", trimmed)]) == [0, 2, 5, 9]

@@ -79,8 +79,18 @@ def _one_measurement(run: PerfRun, workdir: Path) -> dict:
         }
 
 
-def measure(server, model: str, data: Path, concurrency: int, options: BenchOptions, workdir: Path) -> dict:
-    """`repeats` perf_analyzer windows of one model at one concurrency, with the server stats around each."""
+def measure(
+    server,
+    model: str,
+    data: Path,
+    concurrency: int,
+    options: BenchOptions,
+    workdir: Path,
+    send=None,
+) -> dict:
+    """`repeats` perf_analyzer windows of one model at one concurrency, with the server stats around each
+    (with `send`: SDK clients instead of perf_analyzer, see captioning/bench/closed_loop.py)."""
+    from captioning.bench.closed_loop import closed_loop
     from captioning.bench.perf_analyzer import PerfRun
     from captioning.bench.report import add_counters, breakdown, model_statistics, stats_delta, summary
 
@@ -96,7 +106,11 @@ def measure(server, model: str, data: Path, concurrency: int, options: BenchOpti
     windows, totals = [], {}
     for _ in range(options.repeats):
         before = model_statistics(server.http_url)
-        windows.append(_one_measurement(run, workdir))
+        if send is not None:
+            window = closed_loop(server.grpc_url, send, concurrency, run.requests, options.timeout_s)
+        else:
+            window = _one_measurement(run, workdir)
+        windows.append(window)
         add_counters(totals, stats_delta(before, model_statistics(server.http_url)))
     result = {"model": model, "concurrency": concurrency, "requests": run.requests, "windows": windows}
     for key in ("throughput", "p50_ms", "p95_ms", "p99_ms", "avg_ms"):
@@ -129,6 +143,7 @@ def run_repository(
     label: str, repository: Path, inputs: dict[str, Path], options: BenchOptions, served: dict
 ) -> list:
     """The perf_analyzer runs of one repository; its answers for the inputs go into `served["outputs"]`."""
+    from captioning.bench.closed_loop import closed_loop, is_iterative, sender
     from captioning.bench.perf_analyzer import PerfRun, run_perf_analyzer
     from captioning.server.launcher import ServerOptions, TritonServer
 
@@ -140,20 +155,35 @@ def run_repository(
         ready_timeout_s=900.0,  # full-size graphs load slowly on a busy 2-core machine
     )
     runs = []
+    # perf_analyzer cannot drive in-flight repositories (closed_loop.py): the SDK's clients do
+    inflight = any(
+        is_iterative((repository / name / "config.pbtxt").read_text())
+        for name in (contract.CAPTION_MODEL, contract.TRANSLATOR_MODEL)
+    )
+    images = [data for _, data in served["images"]]
     with TritonServer(server_options) as server:
         LOG.info("%s: warming up %s", label, PIPELINE)
         # At the highest concurrency, so batch shapes the windows will see are allocated before them.
         top = max(options.concurrency)
-        warm = PerfRun(
-            PIPELINE, server.grpc_url, inputs["image"], top, top, timeout_s=options.timeout_s, steady=False
-        )
-        run_perf_analyzer(warm, workdir)
+        if inflight:
+            closed_loop(server.grpc_url, sender(PIPELINE, images, []), top, top, options.timeout_s)
+        else:
+            warm = PerfRun(
+                PIPELINE,
+                server.grpc_url,
+                inputs["image"],
+                top,
+                top,
+                timeout_s=options.timeout_s,
+                steady=False,
+            )
+            run_perf_analyzer(warm, workdir)
         plan = [(PIPELINE, "image", c) for c in options.concurrency]
         plan += [(model, kind, options.side_concurrency) for model, kind in COMPONENTS]
         for model, kind, concurrency in plan:
-            runs.append(
-                {"label": label, **measure(server, model, inputs[kind], concurrency, options, workdir)}
-            )
+            send = sender(model, images, served["texts"]) if inflight else None
+            measured = measure(server, model, inputs[kind], concurrency, options, workdir, send)
+            runs.append({"label": label, **measured, "load": "sdk" if inflight else "perf_analyzer"})
         served["outputs"] = served_outputs(server, served["images"], served["texts"], options.timeout_s)
     return runs
 

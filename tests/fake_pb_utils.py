@@ -77,9 +77,13 @@ class FakeRequest:
         self._inputs = [v if isinstance(v, Tensor) else Tensor(k, v) for k, v in inputs.items()]
         self._parameters = json.dumps(parameters or {})
         self._correlation_id, self.release_flags, self.cancelled = correlation_id, 0, False
+        self.sequence_flags = 1  # what the sequence batcher sets on an iterative request: START
 
     def correlation_id(self) -> int:
         return self._correlation_id
+
+    def flags(self) -> int:
+        return self.sequence_flags
 
     def set_release_flags(self, flags: int) -> None:
         self.release_flags = flags

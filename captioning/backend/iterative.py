@@ -16,6 +16,15 @@ import triton_python_backend_utils as pb_utils
 from captioning.backend.triton_utils import cancelled, error_response, respond_per_row
 from captioning.runtime.inflight import InflightEngine
 
+# TRITONSERVER_RequestFlag: the sequence batcher marks the first request of an iterative sequence START, and
+# never END; a client's own sequence (a sequence_id with START/END flags, as perf_analyzer sends to any model
+# over a sequence batcher) cannot be rescheduled by Triton 2.51 and would hang, so it is refused by name.
+SEQUENCE_START, SEQUENCE_END = 1, 2
+CLIENT_SEQUENCE = (
+    "in-flight models run each request as its own sequence: send requests without sequence_id and "
+    "sequence_start/sequence_end"
+)
+
 
 class IterativeExecutor:
     """`parse(request) -> (items, settings)` raises for a bad request (answered alone, at once);
@@ -37,6 +46,10 @@ class IterativeExecutor:
             key = request.correlation_id()
             index[key] = i
             if key in self.engine or key in self.ready:
+                continue
+            flags = request.flags() if hasattr(request, "flags") else SEQUENCE_START
+            if flags & SEQUENCE_END or not flags & SEQUENCE_START:
+                responses[i] = error_response(ValueError(CLIENT_SEQUENCE))
                 continue
             try:
                 items, settings = self.parse(request)

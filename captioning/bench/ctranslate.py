@@ -8,6 +8,7 @@ whose always-on candidates are the kept tokens), so trimmed is compared with tri
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -47,6 +48,35 @@ def _patched_copy(checkpoint: Path, workdir: Path) -> Path:
     return workdir
 
 
+@contextlib.contextmanager
+def _padded_vocabulary():
+    """A tokenizer smaller than the model's embeddings (the bench checkpoints: the fixtures' small tokenizer
+    on mBART-50's 250,054 rows) gets placeholder tokens for the rows it cannot write, so the converter
+    accepts it; those rows are never produced from real text, as in the served model."""
+    from ctranslate2.converters import transformers as ct2
+
+    loader = ct2._MODEL_LOADERS["MBartConfig"]
+    original = loader.get_vocabulary
+
+    def padded(model, tokenizer):
+        tokens = original(model, tokenizer)
+        missing = model.config.vocab_size - len(tokens)
+        return tokens + [f"<unwritten_{i}>" for i in range(max(missing, 0))]  # as kept_tokens() names them
+
+    loader.get_vocabulary = padded
+    try:
+        yield
+    finally:
+        loader.get_vocabulary = original
+
+
+def kept_tokens(tokenizer, ids: Sequence[int]) -> list[str]:
+    """The converted vocabulary's tokens for tokenizer ids, placeholders included (`_padded_vocabulary`)."""
+    known = len(tokenizer.get_vocab())
+    written = tokenizer.convert_ids_to_tokens([i for i in ids if i < known])
+    return written + [f"<unwritten_{i - known}>" for i in ids if i >= known]
+
+
 def convert(
     checkpoint: Path, output_root: Path, quantization: str, kept_tokens: Sequence[str] | None = None
 ) -> Path:
@@ -67,9 +97,10 @@ def convert(
             vmap = Path(tmp) / "vmap.txt"
             # The empty source n-gram: target tokens that are candidates for every input.
             vmap.write_text("\t" + " ".join(kept_tokens) + "\n")
-        TransformersConverter(str(source)).convert(
-            str(output), vmap=None if vmap is None else str(vmap), quantization=quantization, force=True
-        )
+        with _padded_vocabulary():
+            TransformersConverter(str(source)).convert(
+                str(output), vmap=None if vmap is None else str(vmap), quantization=quantization, force=True
+            )
     return output
 
 

@@ -80,7 +80,7 @@ class Peers:
             LOG.warning("%s; its rows are skipped", missing)
             return [PeerRow(name, TRANSLATION, None, skipped=missing) for name in names]
         tokenizer = self.pipeline.tokenizer
-        kept = None if kept_ids is None else tokenizer.convert_ids_to_tokens(list(kept_ids))
+        kept = None if kept_ids is None else ctranslate.kept_tokens(tokenizer, kept_ids)
         rows = []
         for name, (_, quantization, mapped) in zip(names, variants, strict=True):
             model_dir = ctranslate.convert(

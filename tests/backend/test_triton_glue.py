@@ -245,6 +245,10 @@ def test_inflight_adapter_reschedules_until_answered_and_refuses_bad_requests_al
     responses = adapter.execute([first, bad])
     assert responses[0] is None and first.release_flags == pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
     assert responses[1].error().code() == pb.TritonError.INVALID_ARG and bad.release_flags == 0
+    client_sequence = FakeRequest({contract.IMAGE_EMBEDS: embeds[1]}, correlation_id=9)
+    client_sequence.sequence_flags = 3  # START | END: a sequence the client manages itself
+    (refused,) = adapter.execute([client_sequence])
+    assert "send requests without sequence_id" in refused.error().message()
     # Later arrivals join while `first` decodes; past the queue bound a request is UNAVAILABLE at once.
     second = FakeRequest({contract.IMAGE_EMBEDS: embeds[2]}, correlation_id=3)
     waiting = FakeRequest({contract.IMAGE_EMBEDS: np.concatenate(embeds[:2])}, correlation_id=4)

@@ -120,3 +120,14 @@ def test_a_trimmed_repository_gives_ctranslate2_its_kept_ids(tmp_path) -> None:
     VocabMap((0, 2, 5, 9), full_size=12).save(trimmed / contract.TRANSLATOR_MODEL / "1" / "vocab.json")
     assert kept_ids_of([("exact", plain)]) is None
     assert kept_ids_of([("exact", plain), ("trim", trimmed)]) == [0, 2, 5, 9]
+
+
+def test_ids_past_the_tokenizer_get_the_converters_placeholder_names(mbart) -> None:
+    tokenizer, _ = mbart
+    known = len(tokenizer.get_vocab())
+    assert ctranslate.kept_tokens(tokenizer, [0, 2, known, known + 3]) == [
+        "<s>",
+        "</s>",
+        "<unwritten_0>",
+        "<unwritten_3>",
+    ]

@@ -146,3 +146,20 @@ def test_past_the_admission_bound_requests_are_shed_and_the_rest_are_exact(infli
     assert "waiting to join the decoding batch" in str(busy[0])
     assert len(busy) >= 96 - 64, "more requests waited than the model may see and hold"
     assert set(served) == {_fixed_translation(reference, text, beams=8)}
+
+
+def test_a_client_managed_sequence_is_refused_by_name(inflight_server):
+    """perf_analyzer-style requests (a sequence_id with START/END) cannot be rescheduled by Triton 2.51 and
+    would hang; the model answers INVALID_ARG instead."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(inflight_server.grpc_url)
+    text = grpcclient.InferInput("text", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b"A dog ."]], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match="send requests without sequence_id"):
+        client.infer(
+            "translator", [text], sequence_id=77, sequence_start=True, sequence_end=True, client_timeout=30
+        )
+    client.close()

@@ -32,7 +32,8 @@ PIPELINE, TRANSLATION = "pipeline", "translation"
 class PeerRow:
     name: str
     stage: str  # PIPELINE (images/s) or TRANSLATION (sentences/s)
-    run: Callable[[Sequence], tuple[list, list[float]]] | None  # inputs -> outputs, per-item latencies
+    # inputs -> (outputs, per-item latencies, seconds the work took); None: not measured (`skipped` says why)
+    run: Callable[[Sequence], tuple[list, list[float], float]] | None
     rates: list[float] = dataclasses.field(default_factory=list)
     latencies_s: list[float] = dataclasses.field(default_factory=list)
     outputs: list = dataclasses.field(default_factory=list)
@@ -89,8 +90,7 @@ class Peers:
                 quantization,
                 kept if mapped else None,
             )
-            engine = ctranslate.CT2Translator(model_dir, tokenizer, self.pipeline_threads, use_vmap=mapped)
-            rows.append(PeerRow(name, TRANSLATION, self._ct2_runner(engine)))
+            rows.append(PeerRow(name, TRANSLATION, self._ct2_runner(model_dir, mapped)))
         return rows
 
     @property
@@ -101,12 +101,15 @@ class Peers:
 
     # -- the peers -------------------------------------------------------------------------------------
     def _timed_batches(self, items: Sequence, size: int, fn: Callable[[Sequence], list]):
-        outputs, latencies = [], []
+        """(outputs, per-item latencies, seconds in all)."""
+        outputs, latencies, elapsed = [], [], 0.0
         for batch in _batches(items, size):
             started = time.perf_counter()
             outputs += fn(batch)
-            latencies += [time.perf_counter() - started] * len(batch)  # a batch's items finish together
-        return outputs, latencies
+            took = time.perf_counter() - started
+            latencies += [took] * len(batch)  # a batch's items finish together
+            elapsed += took
+        return outputs, latencies, elapsed
 
     def _translate_single(self, texts: Sequence[str]):
         return self._timed_batches(texts, 1, lambda batch: [self.pipeline.translate(batch[0])])
@@ -140,15 +143,21 @@ class Peers:
 
         return self._timed_batches(images, self.batch, run)
 
-    def _ct2_runner(self, engine: ctranslate.CT2Translator):
+    def _ct2_runner(self, model_dir: Path, mapped: bool):
+        """Loaded for each pass and freed after it (outside the timed part): three converted mBART-large
+        models held beside the baseline's would take memory the served repositories need."""
         o = self.options
 
         def run(texts: Sequence[str]):
+            tokenizer = self.pipeline.tokenizer
+            engine = ctranslate.CT2Translator(model_dir, tokenizer, self.pipeline_threads, use_vmap=mapped)
             started = time.perf_counter()
             outputs = engine.translate(texts, o.translation_num_beams, o.translation_tokens, self.batch)
             elapsed = time.perf_counter() - started
+            del engine
             # translate_batch batches internally: per sentence, the batch's share of the time
-            return outputs, [elapsed * min(self.batch, len(texts)) / len(texts)] * len(texts)
+            share = elapsed * min(self.batch, len(texts)) / len(texts)
+            return outputs, [share] * len(texts), elapsed
 
         return run
 
@@ -164,9 +173,8 @@ class Peers:
         for _ in range(count):
             for row in tqdm(live, desc=f"peers ({slot})", unit="peer"):
                 items = inputs[row.stage]
-                started = time.perf_counter()
-                outputs, latencies = row.run(items)
-                rate = len(items) / (time.perf_counter() - started)
+                outputs, latencies, elapsed = row.run(items)
+                rate = len(items) / elapsed
                 if not row.outputs:
                     row.outputs = outputs
                 row.rates.append(rate)

@@ -149,6 +149,12 @@ def run_repository(
 
     workdir = Path(options.output_dir) / "perf" / label
     workdir.mkdir(parents=True, exist_ok=True)
+    if any("default_queue_policy" in p.read_text() for p in repository.glob("*/config.pbtxt")):
+        LOG.warning(
+            "%s sheds load (queue policy): requests the load generator keeps waiting may be answered "
+            "UNAVAILABLE and fail the run; export bench repositories with --max-queue-size 0 --queue-timeout 0",
+            label,
+        )
     server_options = ServerOptions.on_free_ports(
         repository,
         log_file=workdir / "tritonserver.log",
@@ -192,6 +198,7 @@ def default_repository(options: BenchOptions, captioner: Path, translator: Path)
     """Export once per checkpoints and settings; later runs reuse it."""
     from captioning.decoding.settings import Overrides
     from captioning.export.build import BuildOptions, build_repository
+    from captioning.export.repository import RepositoryOptions
 
     key = hashlib.sha256(f"{captioner.resolve()}|{translator.resolve()}|{options.settings()}".encode())
     output = Path(options.output_dir) / f"repository-{key.hexdigest()[:12]}"
@@ -200,6 +207,9 @@ def default_repository(options: BenchOptions, captioner: Path, translator: Path)
         return output
     build = BuildOptions(
         progress=False,
+        # No load shedding: perf_analyzer keeps every client's request in flight, so a queue timeout would
+        # shed the measurement itself (a full-size CPU repository holds 16 clients' requests for minutes).
+        repository=RepositoryOptions(max_queue_size=0, queue_timeout_s=0),
         caption=Overrides(options.caption_num_beams, options.caption_tokens, options.caption_tokens),
         translation=Overrides(
             options.translation_num_beams, options.translation_tokens, options.translation_tokens

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from tritonclient.grpc import model_config_pb2
 
@@ -146,3 +148,26 @@ def test_queue_bounds_can_be_switched_off(tmp_path):
         if s.name == "translator"
     ]
     assert not read_config(spec.write(tmp_path)).dynamic_batching.HasField("default_queue_policy")
+
+
+def test_inflight_generators_run_under_iterative_sequences(tmp_path):
+    options = RepositoryOptions(inflight=True, max_batch_size=4, max_queue_size=6, queue_timeout_s=1.5)
+    specs = {s.name: s for s in model_specs(GRAPH_META, (96, 96), options)}
+    for name in ("caption_generator", "translator"):
+        config = read_config(specs[name].write(tmp_path))
+        assert not config.HasField("dynamic_batching")
+        sequence = config.sequence_batching
+        assert sequence.iterative_sequence
+        # decoding + waiting + one batch it sheds: the model sees every request it may hold and the surplus
+        assert config.max_batch_size == sequence.oldest.max_candidate_sequences == 4 + 6 + 4
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        assert params["inflight"] == "1" and params["inflight_rows"] == "4"
+        assert params["max_queue_size"] == "6" and params["queue_timeout_s"] == "1.5"
+    # the rest keeps its dynamic batcher and queue policy; the ensembles are unchanged
+    assert (
+        read_config(specs["blip_vision"].write(tmp_path)).dynamic_batching.default_queue_policy.max_queue_size
+        == 6
+    )
+    assert read_config(specs["arabic_caption"].write(tmp_path)).max_batch_size == 4
+    with pytest.raises(ModelConfigError, match="iterative sequences need max_batch_size > 0"):
+        dataclasses.replace(specs["translator"], max_batch_size=0).to_proto()

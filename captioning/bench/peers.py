@@ -167,7 +167,7 @@ class Peers:
 
         inputs = {PIPELINE: [data for _, data in images], TRANSLATION: texts}
         live = [row for row in self.rows if row.run is not None]
-        if not any(row.rates for row in live):  # warm-up: first-call allocations
+        if live:  # warm-up (models are loaded per slot): first-call allocations
             for row in live:
                 row.run(inputs[row.stage][:1])
         for _ in range(count):

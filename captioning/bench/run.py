@@ -239,7 +239,7 @@ def _new_results(options: BenchOptions, captioner: Path, translator: Path, image
 
 def run_bench(options: BenchOptions) -> dict:
     from captioning.bench import report as bench_report
-    from captioning.bench.baseline import Baseline, original_pipeline, pass_plan
+    from captioning.bench.baseline import Baseline, original_pipeline, pass_plan, release_memory
     from captioning.bench.perf_analyzer import (
         bytes_input_data,
         require_perf_analyzer,
@@ -278,7 +278,13 @@ def run_bench(options: BenchOptions) -> dict:
     plan = pass_plan(options.repeats, [label for label, _ in repositories])
 
     def in_process_passes(gap: int) -> None:
+        nonlocal pipeline
         slot, count = plan[gap]
+        if pipeline is None and options.in_process:
+            pipeline = original_pipeline(options, captioner, translator)
+        for user in (baseline, peers):
+            if user is not None:
+                user.pipeline = pipeline
         if baseline is not None:
             baseline.run_passes(images, count, slot)
             results["baseline"] = baseline.result()
@@ -286,6 +292,13 @@ def run_bench(options: BenchOptions) -> dict:
             peers.run_passes(images, texts, count, slot)
             results["peers"] = peers.result()
         bench_report.write_outputs(results, output_dir)  # after each stage: a failure keeps the rest
+        # The served repository runs next: the in-process models (and what their batches allocated) give it
+        # their memory; a full-size exact repository at concurrency 16 needs about 21 GB.
+        pipeline = None
+        for user in (baseline, peers):
+            if user is not None:
+                user.pipeline = None
+        release_memory()
 
     for gap, (label, repository) in enumerate(repositories):
         in_process_passes(gap)

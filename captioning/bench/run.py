@@ -237,15 +237,22 @@ def _new_results(options: BenchOptions, captioner: Path, translator: Path, image
     }
 
 
+def _write_inputs(output_dir: Path, images: list, texts: list[str]) -> dict[str, Path]:
+    """perf_analyzer's input files, written once and shared by every repository."""
+    from captioning.bench.perf_analyzer import bytes_input_data, text_input_data, write_input_data
+
+    return {
+        "image": write_input_data(
+            output_dir / "input-images.json", bytes_input_data("image", [d for _, d in images])
+        ),
+        "text": write_input_data(output_dir / "input-texts.json", text_input_data("text", texts)),
+    }
+
+
 def run_bench(options: BenchOptions) -> dict:
     from captioning.bench import report as bench_report
     from captioning.bench.baseline import Baseline, original_pipeline, pass_plan, release_memory
-    from captioning.bench.perf_analyzer import (
-        bytes_input_data,
-        require_perf_analyzer,
-        text_input_data,
-        write_input_data,
-    )
+    from captioning.bench.perf_analyzer import require_perf_analyzer
 
     options.validate()
     repositories = list(options.repositories) if options.triton else []
@@ -256,15 +263,7 @@ def run_bench(options: BenchOptions) -> dict:
     captioner, translator = resolve_checkpoints(options)
     images = load_images(options)
     texts = caption_texts(options)
-    inputs = {
-        "image": write_input_data(
-            output_dir / "input-images.json", bytes_input_data("image", [d for _, d in images])
-        ),
-        "text": write_input_data(
-            output_dir / "input-texts.json",
-            text_input_data("text", texts),
-        ),
-    }
+    inputs = _write_inputs(output_dir, images, texts)
     if options.triton and not repositories:
         repositories = [("triton", default_repository(options, captioner, translator))]
     results = _new_results(options, captioner, translator, images, texts)

@@ -14,7 +14,13 @@ import numpy as np
 
 from captioning.decoding.decoder import Decoder, Progress, Steps, drain
 from captioning.decoding.settings import GenerationSettings
-from captioning.decoding.tokens import beam_log_probs, device_scoring, top_candidates, topk_indices
+from captioning.decoding.tokens import (
+    beam_candidates,
+    beam_log_probs,
+    device_scoring,
+    top_candidates,
+    topk_indices,
+)
 
 __all__ = ["beam_search"]
 
@@ -80,6 +86,15 @@ class _Beams:
         )
         topk_idx = topk_indices(log_probs, self.keep)
         return np.take_along_axis(log_probs, topk_idx, axis=1), topk_idx, vocab
+
+    def top_of_logits(self, input_ids: np.ndarray, logits: np.ndarray, shared: bool):
+        """The same from a host step's raw logits: `beam_candidates` where the step's processors allow it
+        (most steps), else the full processed rows."""
+        top = beam_candidates(self.s, self.cur_len, logits, self.running_beam_scores, self.keep, shared)
+        if top is not None:
+            return top[0], top[1], logits.shape[-1]
+        log_probs = beam_log_probs(self.s, input_ids, logits)
+        return self.top(np.repeat(log_probs, self.nb, axis=0) if shared else log_probs)
 
     def top_of(self, values: np.ndarray, ids: np.ndarray, vocab: int) -> tuple[np.ndarray, np.ndarray, int]:
         """The same from each row's own top candidates (a device session's `step_candidates`)."""
@@ -190,10 +205,7 @@ def beam_steps(
                 values, ids = np.repeat(values, s.num_beams, axis=0), np.repeat(ids, s.num_beams, axis=0)
             hits = beams.advance(beams.top_of(values, ids, vocab))
         else:
-            log_probs = beam_log_probs(s, flat, session.step(step_ids))
-            hits = beams.advance(
-                beams.top(np.repeat(log_probs, s.num_beams, axis=0) if shared else log_probs)
-            )
+            hits = beams.advance(beams.top_of_logits(flat, session.step(step_ids), shared))
         # g. reorder the cache for the surviving beams (after a shared step the cache has one row per
         # source: row b // num_beams stands for every beam of b), then decide whether to go on
         parents = beams.parents()

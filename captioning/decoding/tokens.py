@@ -18,6 +18,7 @@ from captioning.decoding.settings import GenerationSettings
 
 __all__ = [
     "DeviceScoring",
+    "beam_candidates",
     "beam_log_probs",
     "device_scoring",
     "greedy_tokens",
@@ -116,6 +117,103 @@ def greedy_tokens(
 def beam_log_probs(settings: GenerationSettings, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """Processed log-probabilities of each row's continuations, which beam search adds to its beam scores."""
     return process_scores(settings, input_ids, log_softmax(logits))
+
+
+_ROUNDING = 8 * 2.0**-24  # a float32 operation's relative rounding error, with a factor of 4 to spare
+
+
+def beam_candidates(
+    settings: GenerationSettings,
+    cur_len: int,
+    logits: np.ndarray,
+    running: np.ndarray,
+    keep: int,
+    shared: bool,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Beam search's top-`keep` continuations of each source from raw logits, without writing processed
+    [rows, V] arrays: ([B, keep] scores, flat indices beam x V + token), exactly what `topk_indices` over
+    `beam_log_probs(...) + running` selects, ties to the lower flat index. None where this shortcut does not
+    apply (processors that need whole rows, a forced token, non-finite logits): take the full path then.
+
+    `logits` are [B x beams, V], or [B, V] when every source's beams are `shared`; `running` the [B, beams]
+    beam scores. The log-softmax's normaliser is computed exactly as `log_softmax` computes it; the search
+    is then cut with a bound from the maxima of disjoint token groups (as in `topk_indices`), shifted per beam
+    by its score and widened by a rounding margin, so that no token the float32 arithmetic could tie with the
+    last one kept is lost. Only the survivors (tens per beam) get their exact float32 scores.
+    """
+    scoring = device_scoring(settings, cur_len)
+    if scoring is None or scoring.forced is not None:
+        return None
+    logits = logits.astype(np.float32, copy=False)
+    batch, beams = running.shape
+    rows, vocab = logits.shape
+    groups, need = vocab // _TOPK_CHUNK, keep + len(scoring.banned) * beams
+    if groups <= need:
+        return None  # a small vocabulary: the full path is cheap
+    # Group g holds tokens g, g + groups, g + 2 x groups, ...: its maxima are one vectorised pass.
+    maxima = logits[:, : groups * _TOPK_CHUNK].reshape(rows, _TOPK_CHUNK, groups).max(axis=1)
+    top = maxima.max(axis=1, keepdims=True)  # the row maxima, without another pass over the rows
+    if groups * _TOPK_CHUNK < vocab:
+        top = np.maximum(top, logits[:, groups * _TOPK_CHUNK :].max(axis=1, keepdims=True))
+    shifted = logits - top
+    np.exp(shifted, out=shifted)  # the same values `log_softmax` sums, so the same normaliser
+    log_total = np.log(shifted.sum(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32))
+    del shifted
+    if not (np.isfinite(top).all() and np.isfinite(log_total).all()):
+        return None
+    source = np.repeat(np.arange(rows), beams) if shared else np.arange(rows)  # logits row of each beam
+    # A beam's score of a token is about its logit + offset; a group's best is its maximum's.
+    with np.errstate(invalid="ignore"):  # a beam at -inf gets a NaN threshold: no candidates, as it should
+        offset = running.reshape(-1).astype(np.float64) - top[source, 0] - log_total[source, 0]
+        approx = (maxima[source] + offset[:, None]).reshape(batch, beams * groups)
+        bound = -np.partition(-approx, need - 1, axis=1)[:, need - 1]  # <= each source's need-th best
+        bound = np.repeat(bound, beams)
+        threshold = bound - offset  # the same bound in each beam's logits
+        scale = np.abs(threshold - top[source, 0]) + np.abs(bound - running.reshape(-1)) + np.abs(bound) + 1
+        threshold -= _ROUNDING * scale
+    rows_above = _Above(logits, maxima, groups)
+    return _exact_top(rows_above, source, threshold, top, log_total, running, keep, scoring.banned)
+
+
+class _Above:
+    """The tokens of a logits row at or above a threshold, looked for only in groups whose maximum is."""
+
+    def __init__(self, logits: np.ndarray, maxima: np.ndarray, groups: int) -> None:
+        self.logits, self.maxima, self.groups = logits, maxima, groups
+        self.body = logits[:, : groups * _TOPK_CHUNK].reshape(len(logits), _TOPK_CHUNK, groups)
+        self.members = np.arange(_TOPK_CHUNK, dtype=np.int64)[:, None] * groups
+
+    def __call__(self, row: int, threshold: float) -> np.ndarray:
+        hit = np.flatnonzero(self.maxima[row] >= threshold)
+        inside = self.body[row][:, hit] >= threshold
+        tokens = (self.members + hit[None, :])[inside]
+        tail = np.flatnonzero(self.logits[row, self.groups * _TOPK_CHUNK :] >= threshold)
+        return np.concatenate([tokens, tail + self.groups * _TOPK_CHUNK]) if len(tail) else tokens
+
+
+def _exact_top(above: _Above, source, threshold, top, log_total, running, keep, banned):
+    """The exact float32 scores of each beam's tokens above its threshold, and each source's best `keep`."""
+    batch, beams = running.shape
+    vocab = above.logits.shape[1]
+    flat_running = running.reshape(-1)
+    scores, flats = np.empty((batch, keep), np.float32), np.empty((batch, keep), np.int64)
+    for b in range(batch):
+        values, indices = [], []
+        for j in range(beams):
+            beam = b * beams + j
+            row = source[beam]
+            tokens = above(row, threshold[beam])
+            log_probs = (above.logits[row, tokens] - top[row]) - log_total[row]  # `log_softmax`'s steps
+            if banned:
+                log_probs[np.isin(tokens, banned)] = -np.inf
+            values.append(log_probs + flat_running[beam])
+            indices.append(tokens + j * vocab)
+        value, index = np.concatenate(values), np.concatenate(indices)
+        if len(value) < keep:
+            return None
+        order = np.lexsort((index, -value))[:keep]
+        scores[b], flats[b] = value[order], index[order]
+    return scores, flats
 
 
 @dataclass(frozen=True)

@@ -7,20 +7,22 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import (
+    BLIP_BOS,
+    MB_LANG,
+    MB_START,
+    assert_same,
+    blip_case,
+    mbart_case,
+    source,
+    tiny_blip,
+    tiny_mbart,
+)
 
 from captioning.decoding import GenerationSettings, Overrides, generate, generate_steps
 
-from torch_decoders import (
-    BlipTorchDecoder,
-    MBartTorchDecoder,
-    ToyDecoder,
-    blip_encode,
-    mbart_encode,
-    toy_hf_model,
-)
+from torch_decoders import MBartTorchDecoder, ToyDecoder, mbart_encode, toy_hf_model
 
-BLIP_BOS, BLIP_SEP, BLIP_PAD, BLIP_VOCAB = 298, 102, 0, 300
-MB_START, MB_EOS, MB_PAD, MB_LANG, MB_VOCAB = 2, 2, 1, 150, 200
 TOY_EOS, TOY_PAD = 3, 1
 
 
@@ -34,105 +36,17 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def blip():
-    from transformers import BlipConfig, BlipForConditionalGeneration
-
-    torch.manual_seed(0)
-    config = BlipConfig(
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            image_size=32, patch_size=16, initializer_range=0.2,
-        ),
-        text_config=dict(
-            vocab_size=BLIP_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, encoder_hidden_size=32, max_position_embeddings=80,
-            bos_token_id=BLIP_BOS, sep_token_id=BLIP_SEP, pad_token_id=BLIP_PAD, eos_token_id=2,
-            initializer_range=0.2,
-        ),
-    )  # fmt: skip
-    model = BlipForConditionalGeneration(config).eval()
-    with torch.no_grad():  # a SEP bias makes captions stop at different lengths
-        model.text_decoder.cls.predictions.bias[BLIP_SEP] += 3.0
-    return model
+    return tiny_blip()
 
 
 @pytest.fixture(scope="module")
 def mbart():
-    from transformers import MBartConfig, MBartForConditionalGeneration
-
-    torch.manual_seed(0)
-    config = MBartConfig(
-        vocab_size=MB_VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=80,
-        pad_token_id=MB_PAD, bos_token_id=0, eos_token_id=MB_EOS, decoder_start_token_id=MB_START,
-        forced_eos_token_id=MB_EOS, scale_embedding=True, init_std=0.1, tie_word_embeddings=False,
-    )  # fmt: skip
-    model = MBartForConditionalGeneration(config).eval()
-    with torch.no_grad():  # an EOS bias makes translations stop at different lengths
-        model.final_logits_bias[0, MB_EOS] += 0.6
-    return model
-
-
-def _pixels(batch: int, seed: int) -> torch.Tensor:
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-def _source(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source sentences of unequal length, right-padded like a tokenizer would."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(3, 12, size=batch)
-    ids = np.full((batch, lengths.max()), MB_PAD, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, n in enumerate(lengths):
-        ids[i, : n - 1] = rng.integers(4, MB_VOCAB, size=n - 1)
-        ids[i, n - 1] = MB_EOS
-        mask[i, :n] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
-
-
-def _assert_same(ours: list[list[int]], hf: torch.Tensor, fill: int) -> None:
-    """Each of our rows is HF's row up to where HF only pads (HF pads a batch to its longest row)."""
-    hf_rows = hf.tolist()
-    assert len(ours) == len(hf_rows)
-    for mine, theirs in zip(ours, hf_rows, strict=True):
-        assert mine == theirs[: len(mine)], (mine, theirs)
-        assert all(t == fill for t in theirs[len(mine) :]), (mine, theirs)
-    assert max(len(r) for r in ours) == hf.shape[1]
-
-
-def _blip_case(model, batch: int, seed: int, **kwargs) -> list[list[int]]:
-    pixels = _pixels(batch, seed)
-    with torch.no_grad():
-        hf = model.generate(pixels, **kwargs)
-    settings = GenerationSettings.from_hf(
-        model.text_decoder.generation_config,
-        prompt_ids=(BLIP_BOS,),
-        eos_token_ids=(BLIP_SEP,),
-        pad_token_id=BLIP_PAD,
-        **kwargs,
-    )
-    states, mask = blip_encode(model, pixels)
-    ours = generate(BlipTorchDecoder(model.text_decoder), states, mask, settings)
-    # greedy pads finished rows with pad; beam search fills with `pad or eos` (pad 0 is falsy in HF)
-    fill = BLIP_PAD if settings.num_beams == 1 else BLIP_SEP
-    _assert_same(ours, hf, fill)
-    return ours
-
-
-def _mbart_case(model, batch: int, seed: int, **kwargs) -> list[list[int]]:
-    ids, attn = _source(batch, seed)
-    with torch.no_grad():
-        hf = model.generate(input_ids=ids, attention_mask=attn, **kwargs)
-    settings = GenerationSettings.from_hf(model.generation_config, prompt_ids=(MB_START,), **kwargs)
-    assert settings.eos_token_ids == (MB_EOS,) and settings.forced_eos_token_id == MB_EOS
-    states, mask = mbart_encode(model, ids, attn)
-    ours = generate(MBartTorchDecoder(model), states, mask, settings)
-    _assert_same(ours, hf, MB_PAD)
-    return ours
+    return tiny_mbart()
 
 
 @pytest.mark.parametrize("num_beams", [1, 3, 5])
 def test_blip_batch_matches_hf(blip, num_beams):
-    ours = _blip_case(blip, batch=6, seed=1, max_length=20, num_beams=num_beams)
+    ours = blip_case(blip, batch=6, seed=1, max_length=20, num_beams=num_beams)
     assert len({len(r) for r in ours}) > 1, "batch items should finish at different lengths"
     assert all(r[0] == BLIP_BOS for r in ours)
 
@@ -155,19 +69,17 @@ def test_blip_batch_matches_hf(blip, num_beams):
 def test_blip_options_match_hf(blip, kwargs):
     kwargs.setdefault("max_length", 16)
     for seed in (2, 3):
-        _blip_case(blip, batch=4, seed=seed, **kwargs)
+        blip_case(blip, batch=4, seed=seed, **kwargs)
 
 
 def test_blip_long_max_length(blip):
-    _blip_case(blip, batch=3, seed=4, max_length=64, num_beams=3, no_repeat_ngram_size=3)
-    _blip_case(blip, batch=3, seed=4, max_length=64, num_beams=1)
+    blip_case(blip, batch=3, seed=4, max_length=64, num_beams=3, no_repeat_ngram_size=3)
+    blip_case(blip, batch=3, seed=4, max_length=64, num_beams=1)
 
 
 @pytest.mark.parametrize("num_beams", [1, 3, 5])
 def test_mbart_batch_matches_hf(mbart, num_beams):
-    ours = _mbart_case(
-        mbart, batch=5, seed=1, max_length=24, num_beams=num_beams, forced_bos_token_id=MB_LANG
-    )
+    ours = mbart_case(mbart, batch=5, seed=1, max_length=24, num_beams=num_beams, forced_bos_token_id=MB_LANG)
     assert len({len(r) for r in ours}) > 1, "batch items should finish at different lengths"
     assert all(r[:2] == [MB_START, MB_LANG] for r in ours)
 
@@ -188,21 +100,21 @@ def test_mbart_options_match_hf(mbart, kwargs):
     kwargs.setdefault("max_length", 20)
     kwargs.setdefault("forced_bos_token_id", MB_LANG)
     for seed in (5, 6):
-        _mbart_case(mbart, batch=4, seed=seed, **kwargs)
+        mbart_case(mbart, batch=4, seed=seed, **kwargs)
 
 
 def test_beam_search_differs_from_greedy(mbart, blip):
     """Guard against a beam path that silently degenerates to greedy."""
-    greedy = _mbart_case(mbart, batch=6, seed=7, max_length=20, num_beams=1, forced_bos_token_id=MB_LANG)
-    beam = _mbart_case(mbart, batch=6, seed=7, max_length=20, num_beams=4, forced_bos_token_id=MB_LANG)
+    greedy = mbart_case(mbart, batch=6, seed=7, max_length=20, num_beams=1, forced_bos_token_id=MB_LANG)
+    beam = mbart_case(mbart, batch=6, seed=7, max_length=20, num_beams=4, forced_bos_token_id=MB_LANG)
     assert greedy != beam
-    greedy = _blip_case(blip, batch=6, seed=7, max_length=20, num_beams=1)
-    beam = _blip_case(blip, batch=6, seed=7, max_length=20, num_beams=4)
+    greedy = blip_case(blip, batch=6, seed=7, max_length=20, num_beams=1)
+    beam = blip_case(blip, batch=6, seed=7, max_length=20, num_beams=4)
     assert greedy != beam
 
 
 def _mbart_inputs(mbart, batch: int, seed: int, max_length: int, num_beams: int):
-    states, mask = mbart_encode(mbart, *_source(batch, seed=seed))
+    states, mask = mbart_encode(mbart, *source(batch, seed=seed))
     settings = GenerationSettings.from_hf(
         mbart.generation_config,
         prompt_ids=(MB_START,),
@@ -221,7 +133,7 @@ def test_batched_equals_single(mbart):
     assert batched == singles
 
 
-def test_identical_beams_decode_one_row_per_source(mbart):
+def test_identical_beams_decode_one_row_persource(mbart):
     """The prompt and the forced language code leave every source's beams identical for two steps; those
     steps decode one row per source (HF equality for this path: test_mbart_batch_matches_hf)."""
     states, mask, settings = _mbart_inputs(mbart, batch=3, seed=9, max_length=8, num_beams=5)
@@ -269,7 +181,7 @@ def _toy_case(rng: np.random.Generator) -> tuple[list[list[int]], GenerationSett
     states[:, 0, 0] = items
     decoder = ToyDecoder(vocab, eos_bias, TOY_EOS)
     ours = generate(decoder, states, np.ones((batch, 2), dtype=np.int64), settings)
-    _assert_same(ours, hf, TOY_PAD)
+    assert_same(ours, hf, TOY_PAD)
     assert decoder.widths[0] == len(prompt) and set(decoder.widths[1:]) <= {1}
     assert len(decoder.widths) == model.calls, "decoding should stop at the same step as HF"
     _assert_early_answers_are_final(decoder, states, settings, ours)

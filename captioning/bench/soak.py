@@ -35,14 +35,19 @@ class SoakOptions:
     output_dir: Path = Path("build/soak")
 
 
-def _rss_kib(pid: int) -> int | None:
+def _memory_kib(pid: int) -> tuple[int | None, int | None]:
+    """(resident, of which shared memory) in KiB. The shared part is mostly the Python backend's tensor pool
+    (`/dev/shm`, mapped by tritonserver and the stub alike), which grows with the requests in flight; what a
+    leak would grow is the private rest."""
+    fields = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssShmem"):
+                fields[key] = int(value.split()[0])
     except OSError:
-        return None
-    return None
+        return None, None
+    return fields.get("VmRSS"), fields.get("RssShmem")
 
 
 def server_processes(server_pid: int) -> dict[int, str]:
@@ -76,8 +81,12 @@ class _Memory(threading.Thread):
     def run(self) -> None:
         started = time.monotonic()
         while not self._halt.is_set():
-            rss = {name: _rss_kib(pid) for pid, name in self.processes.items()}
-            self.samples.append({"t": time.monotonic() - started, "rss_kib": rss})
+            memory = {name: _memory_kib(pid) for pid, name in self.processes.items()}
+            self.samples.append({
+                "t": time.monotonic() - started,
+                "rss_kib": {name: rss for name, (rss, _) in memory.items()},
+                "shmem_kib": {name: shared for name, (_, shared) in memory.items()},
+            })  # fmt: skip
             self._halt.wait(self.every_s)
 
     def stop(self) -> None:
@@ -160,12 +169,7 @@ def summarise(records: list[tuple[float, float, str]], samples: list[dict], opti
             "start_s": w * width, "requests": len(inside),
             "p50_s": _percentile(latencies, 50), "p95_s": _percentile(latencies, 95), "p99_s": _percentile(latencies, 99),
         })  # fmt: skip
-    growth = {}
     after = [s for s in samples if s["t"] >= options.warmup_s]
-    if after:
-        for name in after[0]["rss_kib"]:
-            first, last = after[0]["rss_kib"][name], after[-1]["rss_kib"][name]
-            growth[name] = None if not first or last is None else (last - first) / first
     statuses = Counter(r[2] for r in records)
     return {
         "url": options.url,
@@ -177,8 +181,29 @@ def summarise(records: list[tuple[float, float, str]], samples: list[dict], opti
         "wrong": statuses.get("wrong", 0),
         "windows": windows,
         "memory": samples,
-        "memory_growth_after_warmup": growth,
+        "memory_growth_after_warmup": _growth(after, _resident),
+        "private_growth_after_warmup": _growth(after, _private),
     }
+
+
+def _resident(sample: dict, name: str) -> int | None:
+    return sample["rss_kib"][name]
+
+
+def _private(sample: dict, name: str) -> int | None:
+    rss, shared = sample["rss_kib"][name], sample.get("shmem_kib", {}).get(name)
+    return None if rss is None or shared is None else rss - shared
+
+
+def _growth(samples: list[dict], measure) -> dict[str, float | None]:
+    """Each process's growth from the first sample after the warm-up to the last."""
+    if not samples:
+        return {}
+    growth = {}
+    for name in samples[0]["rss_kib"]:
+        first, last = measure(samples[0], name), measure(samples[-1], name)
+        growth[name] = None if not first or last is None else (last - first) / first
+    return growth
 
 
 def write_outputs(report: dict, output_dir: Path) -> dict[str, Path]:
@@ -201,9 +226,12 @@ def write_outputs(report: dict, output_dir: Path) -> dict[str, Path]:
     lat.legend()
     for name in report["memory"][0]["rss_kib"] if report["memory"] else []:
         xs = [s["t"] / 60 for s in report["memory"]]
-        mem.plot(xs, [(s["rss_kib"][name] or 0) / 1024 for s in report["memory"]], label=name)
+        (line,) = mem.plot(xs, [(_resident(s, name) or 0) / 1024 for s in report["memory"]], label=name)
+        private = [_private(s, name) for s in report["memory"]]
+        if all(p is not None for p in private):
+            mem.plot(xs, [p / 1024 for p in private], linestyle="--", color=line.get_color())
     mem.set_xlabel("minutes")
-    mem.set_ylabel("resident memory (MiB)")
+    mem.set_ylabel("resident memory (MiB); dashed: private")
     mem.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(paths["plot"], dpi=110)
@@ -220,6 +248,14 @@ def format_report(report: dict) -> str:
         lines.append(
             f"  t={w['start_s']:6.0f}s  {w['requests']:5d} req  p50 {w['p50_s']:.2f}  p95 {w['p95_s']:.2f}  p99 {w['p99_s']:.2f}"
         )
+    private = report.get("private_growth_after_warmup", {})
     for name, growth in report["memory_growth_after_warmup"].items():
-        lines.append(f"  memory {name}: {'n/a' if growth is None else f'{growth:+.1%}'} after the warm-up")
+        lines.append(
+            f"  memory {name}: resident {_percent(growth)}, private (without shared memory) "
+            f"{_percent(private.get(name))} after the warm-up"
+        )
     return "\n".join(lines)
+
+
+def _percent(growth: float | None) -> str:
+    return "n/a" if growth is None else f"{growth:+.1%}"

@@ -2,10 +2,14 @@
 
 Both searches (`greedy.py`, `beam_search.py`) call only these functions to turn a step's logits into tokens,
 so forced tokens, penalties and tie-breaking are defined once. A decoder on a device may apply the simple
-processors itself (`DeviceScoring`) and send back only its best candidates; `top_candidates` merges them. Exactness notes: scores stay float32 and are
-combined in `transformers`' order; the only known sources of divergence are (a) `log_softmax`, whose last bit
-can differ from torch's kernel, and (b) exact ties in top-k, which torch resolves in an unspecified order and
-we resolve by lower index. Both matter only for near-ties between candidates.
+processors itself (`DeviceScoring`) and send back only its best candidates; `top_candidates` merges them. On
+the host, beam search takes the same candidates from raw logits (`beam_candidates`) wherever those processors
+are all a step needs, so no [rows, V] processed array is written (mBART: 250k per row).
+
+Exactness notes: scores stay float32 and are combined in `transformers`' order; the only known sources of
+divergence are (a) `log_softmax`, whose last bit can differ from torch's kernel, and (b) exact ties in top-k,
+which torch resolves in an unspecified order and we resolve by lower index. Both matter only for near-ties
+between candidates; `beam_candidates` adds none (it selects what the full rows select, bit for bit).
 """
 
 from __future__ import annotations

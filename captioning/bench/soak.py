@@ -175,6 +175,7 @@ def summarise(records: list[tuple[float, float, str]], samples: list[dict], opti
         "url": options.url,
         "concurrency": options.concurrency,
         "duration_s": options.duration_s,
+        "warmup_s": options.warmup_s,
         "requests": len(records),
         "statuses": dict(statuses),
         "failed": len(records) - statuses.get("ok", 0),
@@ -230,6 +231,8 @@ def write_outputs(report: dict, output_dir: Path) -> dict[str, Path]:
         private = [_private(s, name) for s in report["memory"]]
         if all(p is not None for p in private):
             mem.plot(xs, [p / 1024 for p in private], linestyle="--", color=line.get_color())
+    if "warmup_s" in report:
+        mem.axvline(report["warmup_s"] / 60, color="grey", linestyle=":", label="growth counted from here")
     mem.set_xlabel("minutes")
     mem.set_ylabel("resident memory (MiB); dashed: private")
     mem.legend(fontsize=7)

@@ -26,14 +26,6 @@ from torch_decoders import MBartTorchDecoder, ToyDecoder, mbart_encode, toy_hf_m
 TOY_EOS, TOY_PAD = 3, 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def blip():
     return tiny_blip()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from tiny_models import MB_LANG, blip_case, mbart_case, tiny_blip, tiny_mbart
 
 import captioning.decoding.beam_search as beam_search
@@ -13,14 +12,6 @@ from captioning.decoding import GenerationSettings
 from captioning.decoding.tokens import beam_candidates, beam_log_probs, topk_indices
 
 WIDE_BLIP, WIDE_MBART = 6000, 8000  # wide enough (> 256 x candidates) for the shortcut to apply
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

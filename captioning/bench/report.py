@@ -157,6 +157,14 @@ def rows(results: dict) -> list[dict]:
     return table
 
 
+def _memory(peak: dict) -> str:
+    """Per model, the largest instance; then every server process together (what a node must hold)."""
+    models = sorted(peak["per_model_mib"].items(), key=lambda item: -item[1])
+    return ", ".join(f"{name} {mib / 1024:.1f} GiB" for name, mib in models) + (
+        f"; all processes {peak['total_mib'] / 1024:.1f} GiB"
+    )
+
+
 def _rate(rate: dict) -> str:
     return f"{rate['median']:.3f} [{rate['min']:.3f}-{rate['max']:.3f}]"
 
@@ -202,6 +210,8 @@ def format_table(results: dict) -> str:
             for name, b in run["server"].items()
         ]
         lines.append(f"  {run['label']} {run['model']} c={run['concurrency']}: " + "; ".join(parts))
+        if run.get("peak_memory"):
+            lines.append("    peak resident memory: " + _memory(run["peak_memory"]))
     fallbacks = [
         f"{r['label']} {r['model']} c={r['concurrency']}"
         for r in results["runs"]

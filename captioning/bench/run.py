@@ -91,6 +91,7 @@ def measure(
     """`repeats` perf_analyzer windows of one model at one concurrency, with the server stats around each
     (with `send`: SDK clients instead of perf_analyzer, see captioning/bench/closed_loop.py)."""
     from captioning.bench.closed_loop import closed_loop
+    from captioning.bench.memory import PeakMemory
     from captioning.bench.perf_analyzer import PerfRun
     from captioning.bench.report import add_counters, breakdown, model_statistics, stats_delta, summary
 
@@ -104,15 +105,17 @@ def measure(
         steady=options.steady,
     )
     windows, totals = [], {}
-    for _ in range(options.repeats):
-        before = model_statistics(server.http_url)
-        if send is not None:
-            window = closed_loop(server.grpc_url, send, concurrency, run.requests, options.timeout_s)
-        else:
-            window = _one_measurement(run, workdir)
-        windows.append(window)
-        add_counters(totals, stats_delta(before, model_statistics(server.http_url)))
+    with PeakMemory(server.process.pid) as memory:
+        for _ in range(options.repeats):
+            before = model_statistics(server.http_url)
+            if send is not None:
+                window = closed_loop(server.grpc_url, send, concurrency, run.requests, options.timeout_s)
+            else:
+                window = _one_measurement(run, workdir)
+            windows.append(window)
+            add_counters(totals, stats_delta(before, model_statistics(server.http_url)))
     result = {"model": model, "concurrency": concurrency, "requests": run.requests, "windows": windows}
+    result["peak_memory"] = memory.result()
     for key in ("throughput", "p50_ms", "p95_ms", "p99_ms", "avg_ms"):
         result[key] = summary([w[key] for w in windows])
     result["server"] = breakdown(totals)

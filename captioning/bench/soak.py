@@ -18,6 +18,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from captioning.bench.memory import memory_kib
+
 LOG = logging.getLogger(__name__)
 
 
@@ -33,21 +35,6 @@ class SoakOptions:
     server_pid: int | None = None  # None: the only local process named tritonserver
     memory_every_s: float = 2.0
     output_dir: Path = Path("build/soak")
-
-
-def _memory_kib(pid: int) -> tuple[int | None, int | None]:
-    """(resident, of which shared memory) in KiB. The shared part is mostly the Python backend's tensor pool
-    (`/dev/shm`, mapped by tritonserver and the stub alike), which grows with the requests in flight; what a
-    leak would grow is the private rest."""
-    fields = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssShmem"):
-                fields[key] = int(value.split()[0])
-    except OSError:
-        return None, None
-    return fields.get("VmRSS"), fields.get("RssShmem")
 
 
 def server_processes(server_pid: int) -> dict[int, str]:
@@ -81,7 +68,7 @@ class _Memory(threading.Thread):
     def run(self) -> None:
         started = time.monotonic()
         while not self._halt.is_set():
-            memory = {name: _memory_kib(pid) for pid, name in self.processes.items()}
+            memory = {name: memory_kib(pid) for pid, name in self.processes.items()}
             self.samples.append({
                 "t": time.monotonic() - started,
                 "rss_kib": {name: rss for name, (rss, _) in memory.items()},

@@ -275,6 +275,11 @@ def test_bench_end_to_end(fixture_checkpoints, shared_data, tmp_path, capsys) ->
         top = run["server"][run["model"]]  # Triton's own count of what perf_analyzer sent
         assert top["requests"] >= run["requests"]
         assert f"triton    {run['model']}" in table
+        # Every row says what the server's processes peaked at: the server and each model's stub.
+        peak = run["peak_memory"]
+        assert {"tritonserver", "caption_generator", "translator"} <= set(peak["per_model_mib"])
+        assert peak["total_mib"] >= max(peak["per_model_mib"].values()) > 0
+    assert "peak resident memory: " in table
     pipeline = next(r for r in results["runs"] if r["model"] == "arabic_caption")
     assert {"image_preprocess", "blip_vision", "caption_generator", "translator"} <= set(pipeline["server"])
 

@@ -10,21 +10,31 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 
-def memory_kib(pid: int) -> tuple[int | None, int | None]:
-    """(resident, of which shared memory) in KiB. The shared part is mostly the Python backend's tensor pool
-    (`/dev/shm`, mapped by tritonserver and the stub alike), which grows with the requests in flight; what a
-    leak would grow is the private rest."""
+class Memory(NamedTuple):
+    """One process's memory in KiB (None once it ended). `shmem` is mostly the Python backend's tensor pool
+    (`/dev/shm`, mapped by tritonserver and the stub alike), which grows with the requests in flight. `anon` is
+    private anonymous memory (heap, ONNX Runtime's arena, numpy arrays): what a leak would grow. The rest of
+    resident memory is file-backed (libraries, mapped models), which the kernel drops and reloads under memory
+    pressure, so it moves without the process doing anything."""
+
+    rss: int | None
+    shmem: int | None
+    anon: int | None
+
+
+def memory_kib(pid: int) -> Memory:
     fields = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssShmem"):
+            if key in ("VmRSS", "RssShmem", "RssAnon"):
                 fields[key] = int(value.split()[0])
     except OSError:
-        return None, None
-    return fields.get("VmRSS"), fields.get("RssShmem")
+        return Memory(None, None, None)
+    return Memory(fields.get("VmRSS"), fields.get("RssShmem"), fields.get("RssAnon"))
 
 
 class PeakMemory(threading.Thread):
@@ -44,7 +54,7 @@ class PeakMemory(threading.Thread):
         processes = {self.server_pid: "tritonserver", **stub_processes(self.server_pid)}
         total = 0.0
         for pid, name in processes.items():
-            rss, _ = memory_kib(pid)
+            rss = memory_kib(pid).rss
             if rss is None:
                 continue  # it ended while we looked
             total += rss / 1024

@@ -71,8 +71,9 @@ class _Memory(threading.Thread):
             memory = {name: memory_kib(pid) for pid, name in self.processes.items()}
             self.samples.append({
                 "t": time.monotonic() - started,
-                "rss_kib": {name: rss for name, (rss, _) in memory.items()},
-                "shmem_kib": {name: shared for name, (_, shared) in memory.items()},
+                "rss_kib": {name: m.rss for name, m in memory.items()},
+                "shmem_kib": {name: m.shmem for name, m in memory.items()},
+                "anon_kib": {name: m.anon for name, m in memory.items()},
             })  # fmt: skip
             self._halt.wait(self.every_s)
 
@@ -179,6 +180,10 @@ def _resident(sample: dict, name: str) -> int | None:
 
 
 def _private(sample: dict, name: str) -> int | None:
+    """Anonymous memory (see captioning/bench/memory.py); reports written before it was sampled fall back to
+    resident less shared, which still counts file-backed pages."""
+    if "anon_kib" in sample:
+        return sample["anon_kib"][name]
     rss, shared = sample["rss_kib"][name], sample.get("shmem_kib", {}).get(name)
     return None if rss is None or shared is None else rss - shared
 
@@ -221,7 +226,7 @@ def write_outputs(report: dict, output_dir: Path) -> dict[str, Path]:
     if "warmup_s" in report:
         mem.axvline(report["warmup_s"] / 60, color="grey", linestyle=":", label="growth counted from here")
     mem.set_xlabel("minutes")
-    mem.set_ylabel("resident memory (MiB); dashed: private")
+    mem.set_ylabel("resident memory (MiB); dashed: private anonymous")
     mem.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(paths["plot"], dpi=110)
@@ -241,7 +246,7 @@ def format_report(report: dict) -> str:
     private = report.get("private_growth_after_warmup", {})
     for name, growth in report["memory_growth_after_warmup"].items():
         lines.append(
-            f"  memory {name}: resident {_percent(growth)}, private (without shared memory) "
+            f"  memory {name}: resident {_percent(growth)}, private anonymous "
             f"{_percent(private.get(name))} after the warm-up"
         )
     return "\n".join(lines)

@@ -214,5 +214,6 @@ def test_two_minute_soak_without_failure_or_growth(server, tmp_path):
     assert report["requests"] > 100 and report["failed"] == 0 and report["wrong"] == 0, report["statuses"]
     assert len(report["memory_growth_after_warmup"]) >= 5  # tritonserver and its four stubs
     assert set(report["private_growth_after_warmup"]) == set(report["memory_growth_after_warmup"])
+    assert all(kib > 0 for kib in report["memory"][-1]["anon_kib"].values())  # private anonymous, per process
     grown = {name: g for name, g in report["memory_growth_after_warmup"].items() if g is None or g > 0.10}
     assert not grown, grown  # every process within 10% of its size after the warm-up

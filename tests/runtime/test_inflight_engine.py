@@ -126,3 +126,33 @@ def test_a_failing_cohort_fails_only_its_requests():
 def test_bad_options_are_refused_before_admission():
     with pytest.raises(ValueError, match="num_beams"):
         _stage().prepared(_embeds(1), Overrides(num_beams=0))
+
+
+def test_an_answered_cohort_frees_its_session_without_the_cycle_collector():
+    """As in batch decoding (test_stages.py): a cohort's session is freed by reference counts once its requests
+    are answered, so memory does not wait for the cyclic collector."""
+    import gc
+    import weakref
+
+    class Tracked(FakeDecoder):
+        sessions: list = []
+
+        def start(self, states, mask, num_beams):
+            session = super().start(states, mask, num_beams)
+            self.sessions.append(weakref.ref(session))
+            return session
+
+    decoder = Tracked()
+    stage = _stage(decoder)
+    engine = _engine(stage)
+    gc.collect()
+    gc.disable()
+    try:
+        _submit(engine, stage, "a", _embeds(1, 2), Overrides(num_beams=3))
+        engine.step()
+        _submit(engine, stage, "b", _embeds(3))  # a second cohort, admitted a step later
+        answers, _ = _run(engine, {"a", "b"})
+        assert all(isinstance(r, list) for r in answers.values()), answers
+        assert len(decoder.sessions) == 2 and [ref() for ref in decoder.sessions] == [None, None]
+    finally:
+        gc.enable()

@@ -56,7 +56,7 @@ def _bench(args: argparse.Namespace) -> int:
     results = run_bench(options_from_args(args))
     print(format_table(results))
     print(f"\nresults: {args.output_dir / 'results.json'}\nplot: {args.output_dir / 'throughput.png'}")
-    return 0
+    return 1 if results.get("failed") else 0  # the others were measured, but the run is not whole
 
 
 def _make_checkpoints(args: argparse.Namespace) -> int:

@@ -222,6 +222,8 @@ def format_table(results: dict) -> str:
             "",
             "no steady state within the window limit, measured as one burst: " + ", ".join(fallbacks),
         ]
+    for label, error in (results.get("failed") or {}).items():
+        lines += ["", f"{label} FAILED, not measured past this point: {error.splitlines()[0]}"]
     lines += format_peers(results)
     return "\n".join(lines)
 

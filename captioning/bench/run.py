@@ -305,9 +305,17 @@ def run_bench(options: BenchOptions) -> dict:
     for gap, (label, repository) in enumerate(repositories):
         in_process_passes(gap)
         served = {"images": images, "texts": texts}
-        results["runs"].extend(run_repository(label, Path(repository), inputs, options, served))
-        results["outputs"][label] = served["outputs"]
+        try:
+            results["runs"].extend(run_repository(label, Path(repository), inputs, options, served))
+            results["outputs"][label] = served["outputs"]
+        except (
+            Exception
+        ) as exc:  # one repository that fails (a stub killed, no steady state) keeps the others
+            LOG.error("%s failed, measuring the next repository: %s: %s", label, type(exc).__name__, exc)
+            results.setdefault("failed", {})[label] = f"{type(exc).__name__}: {exc}"[:2000]
     in_process_passes(len(repositories))
+    if repositories and len(results.get("failed", {})) == len(repositories):
+        raise RuntimeError(f"every repository failed: {results['failed']}")
     return results
 
 

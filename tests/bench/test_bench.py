@@ -4,6 +4,7 @@ benchmark checkpoint configs, and one tiny end-to-end run (baseline + a real tri
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import struct
@@ -318,3 +319,42 @@ def test_bench_end_to_end(fixture_checkpoints, shared_data, tmp_path, capsys) ->
     with Image.open(output / "throughput.png") as plot:
         assert plot.format == "PNG" and plot.size[0] > 100
     assert (output / "table.txt").read_text().strip() == table.split("\nresults:")[0].strip()
+
+
+def test_a_failing_repository_is_recorded_and_the_next_one_measured(monkeypatch, tmp_path) -> None:
+    """A stub killed mid-run once cost a whole bench run; now that repository is named as failed and the rest
+    are measured."""
+    from captioning.bench import report as bench_report
+    from captioning.bench import run as bench
+    from captioning.bench.options import BenchOptions
+
+    measured = []
+
+    def fake_run(label, repository, inputs, options, served):
+        if label == "broken":
+            raise RuntimeError("Stub process 'caption_generator_0_0' is not healthy")
+        measured.append(label)
+        served["outputs"] = {"pipeline": [], "translation": []}
+        return []
+
+    monkeypatch.setattr(bench, "run_repository", fake_run)
+    monkeypatch.setattr("captioning.bench.perf_analyzer.require_perf_analyzer", lambda: None)
+    images = tmp_path / "flickr8k" / "Images"
+    images.mkdir(parents=True)
+    (images / "a.jpg").write_bytes(b"jpeg")
+    (images.parent / "captions.txt").write_text("image,caption\na.jpg,a dog runs\n")
+    options = BenchOptions(
+        captioner="c", translator="t", images_dir=images, output_dir=tmp_path / "out",
+        repositories=(("broken", tmp_path), ("good", tmp_path)), baseline=False, peers=False,
+    )  # fmt: skip
+    results = bench.run_bench(options)
+    assert results["failed"] == {
+        "broken": "RuntimeError: Stub process 'caption_generator_0_0' is not healthy"
+    }
+    assert measured == ["good"] and "good" in results["outputs"]
+    assert "broken FAILED, not measured past this point: RuntimeError: Stub" in bench_report.format_table(
+        results
+    )
+
+    with pytest.raises(RuntimeError, match="every repository failed"):
+        bench.run_bench(dataclasses.replace(options, repositories=(("broken", tmp_path),)))

@@ -252,6 +252,20 @@ def _write_inputs(output_dir: Path, images: list, texts: list[str]) -> dict[str,
     }
 
 
+def _measure_repository(
+    results: dict, label: str, repository: Path, inputs: dict, options: BenchOptions, images: list
+) -> None:
+    """One repository's runs into `results`; one that fails (a stub killed, no steady state) is recorded under
+    `failed` and must not cost the others."""
+    served = {"images": images, "texts": results["texts"]}
+    try:
+        results["runs"].extend(run_repository(label, repository, inputs, options, served))
+        results["outputs"][label] = served["outputs"]
+    except Exception as exc:
+        LOG.error("%s failed, measuring the next repository: %s: %s", label, type(exc).__name__, exc)
+        results.setdefault("failed", {})[label] = f"{type(exc).__name__}: {exc}"[:2000]
+
+
 def run_bench(options: BenchOptions) -> dict:
     from captioning.bench import report as bench_report
     from captioning.bench.baseline import Baseline, original_pipeline, pass_plan, release_memory
@@ -304,15 +318,7 @@ def run_bench(options: BenchOptions) -> dict:
 
     for gap, (label, repository) in enumerate(repositories):
         in_process_passes(gap)
-        served = {"images": images, "texts": texts}
-        try:
-            results["runs"].extend(run_repository(label, Path(repository), inputs, options, served))
-            results["outputs"][label] = served["outputs"]
-        except (
-            Exception
-        ) as exc:  # one repository that fails (a stub killed, no steady state) keeps the others
-            LOG.error("%s failed, measuring the next repository: %s: %s", label, type(exc).__name__, exc)
-            results.setdefault("failed", {})[label] = f"{type(exc).__name__}: {exc}"[:2000]
+        _measure_repository(results, label, Path(repository), inputs, options, images)
     in_process_passes(len(repositories))
     if repositories and len(results.get("failed", {})) == len(repositories):
         raise RuntimeError(f"every repository failed: {results['failed']}")

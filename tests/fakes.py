@@ -24,6 +24,21 @@ class FakeDecoder:
         return _Session(states.reshape(states.shape[0], -1).sum(axis=1))
 
 
+class TrackedDecoder(FakeDecoder):
+    """Keeps a weak reference to every session it starts: a session still alive after its batch is memory held."""
+
+    def __init__(self, fail_when_beams: int | None = None) -> None:
+        super().__init__(fail_when_beams)
+        self.sessions: list = []
+
+    def start(self, states, mask, num_beams):
+        import weakref
+
+        session = super().start(states, mask, num_beams)
+        self.sessions.append(weakref.ref(session))
+        return session
+
+
 class _Session:
     def __init__(self, seeds: np.ndarray) -> None:
         self.seeds = seeds

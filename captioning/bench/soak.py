@@ -180,12 +180,8 @@ def _resident(sample: dict, name: str) -> int | None:
 
 
 def _private(sample: dict, name: str) -> int | None:
-    """Anonymous memory (see captioning/bench/memory.py); reports written before it was sampled fall back to
-    resident less shared, which still counts file-backed pages."""
-    if "anon_kib" in sample:
-        return sample["anon_kib"][name]
-    rss, shared = sample["rss_kib"][name], sample.get("shmem_kib", {}).get(name)
-    return None if rss is None or shared is None else rss - shared
+    """Anonymous memory: what a leak grows (captioning/bench/memory.py)."""
+    return sample["anon_kib"][name]
 
 
 def _growth(samples: list[dict], measure) -> dict[str, float | None]:

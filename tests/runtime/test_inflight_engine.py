@@ -132,17 +132,10 @@ def test_an_answered_cohort_frees_its_session_without_the_cycle_collector():
     """As in batch decoding (test_stages.py): a cohort's session is freed by reference counts once its requests
     are answered, so memory does not wait for the cyclic collector."""
     import gc
-    import weakref
 
-    class Tracked(FakeDecoder):
-        sessions: list = []
+    from fakes import TrackedDecoder
 
-        def start(self, states, mask, num_beams):
-            session = super().start(states, mask, num_beams)
-            self.sessions.append(weakref.ref(session))
-            return session
-
-    decoder = Tracked()
+    decoder = TrackedDecoder()
     stage = _stage(decoder)
     engine = _engine(stage)
     gc.collect()

@@ -9,7 +9,7 @@ from captioning.decoding import Overrides
 from captioning.runtime.stages import CaptionStage, TranslationStage
 from captioning.runtime.tokenization import TextCodec, TextTooLongError
 
-from fakes import SETTINGS, FakeDecoder, FakeEncoder, FakeTokenizer
+from fakes import SETTINGS, FakeDecoder, FakeEncoder, FakeTokenizer, TrackedDecoder
 
 
 def _caption_stage(decoder: FakeDecoder) -> CaptionStage:
@@ -97,21 +97,6 @@ def test_a_batch_whose_requests_were_all_cancelled_stops_between_steps(monkeypat
     assert all(isinstance(r, str) for r in mixed)  # one live request keeps its batch going
 
 
-class _TrackedDecoder(FakeDecoder):
-    """Keeps a weak reference to every session it starts: a session still alive after its batch is memory held."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sessions: list = []
-
-    def start(self, states, mask, num_beams):
-        import weakref
-
-        session = super().start(states, mask, num_beams)
-        self.sessions.append(weakref.ref(session))
-        return session
-
-
 @pytest.mark.parametrize("beams", [1, 3])
 @pytest.mark.parametrize("checks", [False, True])
 def test_a_finished_batch_frees_its_session_without_the_cycle_collector(beams, checks):
@@ -120,7 +105,7 @@ def test_a_finished_batch_frees_its_session_without_the_cycle_collector(beams, c
     array-heavy serving rarely triggers (served at c=16 that grew a generator stub by 2 GB a minute)."""
     import gc
 
-    decoder = _TrackedDecoder()
+    decoder = TrackedDecoder()
     stage = CaptionStage(decoder=decoder, settings=SETTINGS, codec=TextCodec(FakeTokenizer()))
     cancelled = [lambda: False] * 3 if checks else None
     gc.collect()

@@ -74,8 +74,8 @@ MAX_BATCH_SIZE = 16  # rows per request, and the default dynamic-batching limit 
 MAX_SOURCE_TOKENS = 256  # user text sent to the translator, in its tokens
 MAX_LENGTH = 64  # tokens per stage, prompt included: what the original deployment used
 # Load shedding per model (docs/reliability.md): queued requests beyond this, or queued longer than this, are
-# answered UNAVAILABLE at once.
-MAX_QUEUE_SIZE = 2 * MAX_BATCH_SIZE
+# answered UNAVAILABLE at once. The export queues one batch per model instance by default.
+MAX_QUEUE_SIZE = MAX_BATCH_SIZE
 QUEUE_TIMEOUT_S = 10.0
 
 # -- defaults --------------------------------------------------------------------------------------------

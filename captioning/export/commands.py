@@ -166,9 +166,10 @@ def _add_batching(export: argparse.ArgumentParser) -> None:
     export.add_argument(
         "--max-queue-size",
         type=int,
-        default=contract.MAX_QUEUE_SIZE,
-        help="requests each model may queue; past it a request is answered UNAVAILABLE at once (0: unbounded; "
-        "size it as throughput x acceptable wait, docs/reliability.md)",
+        default=None,
+        help="requests each model may queue; past it a request is answered UNAVAILABLE at once (default: one "
+        "batch per model instance, so no queued request outwaits the timeout while a batch runs shorter; "
+        "0: unbounded; docs/reliability.md)",
     )
     export.add_argument(
         "--queue-timeout",

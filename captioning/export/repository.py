@@ -30,8 +30,9 @@ class RepositoryOptions:
     max_batch_size: int = contract.MAX_BATCH_SIZE
     max_queue_delay_us: int = 2000
     # Load shedding (docs/reliability.md): each model queues at most this many requests and for at most this
-    # long; past either, a request is answered UNAVAILABLE at once. 0 switches the bound off.
-    max_queue_size: int = contract.MAX_QUEUE_SIZE
+    # long; past either, a request is answered UNAVAILABLE at once. 0 switches the bound off; None (the
+    # default) queues one batch per model instance, see queue_size().
+    max_queue_size: int | None = None
     queue_timeout_s: float = contract.QUEUE_TIMEOUT_S
     # In-flight batching of the generators (captioning/runtime/inflight.py): requests join the decoding batch at
     # the next step and leave when answered. Off: each batch decodes to its end before the next one starts.
@@ -62,7 +63,7 @@ class RepositoryOptions:
             self.gpu.validate()
         if not 1 <= self.max_batch_size <= 256:
             raise ValueError(f"max_batch_size must be in 1..256, got {self.max_batch_size}")
-        if self.max_queue_size < 0 or self.queue_timeout_s < 0:
+        if (self.max_queue_size or 0) < 0 or self.queue_timeout_s < 0:
             raise ValueError("max_queue_size and queue_timeout_s must be >= 0 (0: no bound)")
         if self.decoder_runner not in contract.DECODER_RUNNERS:
             raise ValueError(f"decoder_runner must be 'bls' or 'inprocess', got {self.decoder_runner!r}")
@@ -77,10 +78,16 @@ class RepositoryOptions:
         if self.cpu_slots != "auto" and not (self.cpu_slots.isdigit() and int(self.cpu_slots) <= 1024):
             raise ValueError(f"cpu_slots must be 'auto' or an int in 0..1024, got {self.cpu_slots!r}")
 
-    def batching(self) -> BatchingSpec:
+    def queue_size(self, instances: int = 1) -> int:
+        """Requests a model may queue. By default one batch per instance: every queued request is then in the
+        next batch an instance takes, so it waits at most one batch's run and is never shed late by the queue
+        timeout while that run is shorter; a longer queue adds waiting, not throughput."""
+        return self.max_batch_size * instances if self.max_queue_size is None else self.max_queue_size
+
+    def batching(self, instances: int = 1) -> BatchingSpec:
         return BatchingSpec(
             self.max_queue_delay_us,
-            max_queue_size=self.max_queue_size,
+            max_queue_size=self.queue_size(instances),
             queue_timeout_us=int(self.queue_timeout_s * 1_000_000),
         )
 
@@ -91,7 +98,7 @@ class RepositoryOptions:
         # The model sees every request it may hold (decoding + waiting) and one batch more in each execution:
         # that surplus is what it sheds (UNAVAILABLE) at once. Without it Triton's own backlog would hold the
         # excess, unbounded, since the sequence batcher has no queue policy.
-        rows = self.max_batch_size + self.max_queue_size + self.max_batch_size
+        rows = self.max_batch_size + self.queue_size() + self.max_batch_size
         return {
             "max_batch_size": rows,
             "iterative": IterativeSpec(max_candidates=rows),
@@ -105,7 +112,7 @@ class RepositoryOptions:
             **self.runner_parameters(),
             contract.PARAM_INFLIGHT: "1",
             contract.PARAM_INFLIGHT_ROWS: str(self.max_batch_size),
-            contract.PARAM_MAX_QUEUE_SIZE: str(self.max_queue_size),
+            contract.PARAM_MAX_QUEUE_SIZE: str(self.queue_size()),
             contract.PARAM_QUEUE_TIMEOUT_S: str(self.queue_timeout_s),
         }
 
@@ -165,10 +172,15 @@ def model_specs(
     specs = _specs(graph_meta, image_size, options)
     if options.gpu is not None:
         specs = gpu_specs(specs, options.gpu)
-    return [
+    specs = [
         dataclasses.replace(s, instance_count=options.instances(s.name))
         if s.name in options.instance_models()
         else s
+        for s in specs
+    ]
+    # a model's queue holds one batch per instance (RepositoryOptions.queue_size)
+    return [
+        dataclasses.replace(s, batching=options.batching(s.instance_count)) if s.batching is not None else s
         for s in specs
     ]
 

@@ -78,6 +78,7 @@ class FakeRequest:
         self._parameters = json.dumps(parameters or {})
         self._correlation_id, self.release_flags, self.cancelled = correlation_id, 0, False
         self.sequence_flags = 1  # what the sequence batcher sets on an iterative request: START
+        self.timeout_us = 0  # the request's own timeout; 0: none
 
     def correlation_id(self) -> int:
         return self._correlation_id
@@ -90,6 +91,9 @@ class FakeRequest:
 
     def is_cancelled(self) -> bool:
         return self.cancelled
+
+    def timeout(self) -> int:
+        return self.timeout_us
 
     def inputs(self) -> list[Tensor]:
         return self._inputs

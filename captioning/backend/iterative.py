@@ -13,7 +13,7 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
-from captioning.backend.triton_utils import cancelled, error_response, respond_per_row
+from captioning.backend.triton_utils import cancelled, error_response, respond_per_row, timeout_s
 from captioning.runtime.inflight import InflightEngine
 
 # TRITONSERVER_RequestFlag: the sequence batcher marks the first request of an iterative sequence START, and
@@ -53,7 +53,7 @@ class IterativeExecutor:
                 continue
             try:
                 items, settings = self.parse(request)
-                self.engine.submit(key, items, settings, cancelled(request))
+                self.engine.submit(key, items, settings, cancelled(request), timeout_s(request))
             except Exception as exc:  # bad input, or the queue is full: this request only
                 responses[i] = error_response(exc)
         try:

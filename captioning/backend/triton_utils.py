@@ -98,6 +98,12 @@ def cancelled(request) -> Callable[[], bool]:
     return check if callable(check) else (lambda: False)
 
 
+def timeout_s(request) -> float:
+    """The request's own timeout in seconds (the SDK sends its deadline), 0 when it has none."""
+    read = getattr(request, "timeout", None)
+    return read() / 1e6 if callable(read) else 0.0
+
+
 def run_rows(
     requests: Sequence,
     parse: Callable[[object], tuple[list[object], object]],

@@ -47,8 +47,11 @@ _NOT_FOUND = {"StatusCode.NOT_FOUND", "404"}
 _INVALID = {"StatusCode.INVALID_ARGUMENT", "400", "StatusCode.UNIMPLEMENTED"}
 _TIMEOUT = {"StatusCode.DEADLINE_EXCEEDED", "408", "504"}
 _UNAVAILABLE = {"StatusCode.UNAVAILABLE"}
-# Triton's scheduler sheds with UNAVAILABLE and these messages; other UNAVAILABLEs mean nothing is listening.
-_SHED = re.compile(r"exceeds maximum queue size|request timeout expired|timeout expired", re.IGNORECASE)
+# Triton's scheduler and the in-flight engines shed with UNAVAILABLE and these messages; other UNAVAILABLEs mean nothing is listening.
+_SHED = re.compile(
+    r"exceeds maximum queue size|request timeout expired|timeout expired|exceeds the queue timeout|exceeds the request's timeout",
+    re.IGNORECASE,
+)
 
 
 def from_triton_exception(exc: Exception, *, url: str = "") -> CaptionError:

@@ -13,7 +13,9 @@ are answered (final, failed or cancelled).
 
 Admission is bounded like Triton's queue policy: at most `max_rows` sources decode at once, at most
 `max_queue` requests wait, none longer than `queue_timeout_s`; past a bound a request fails with
-`ServerBusy` (UNAVAILABLE), at once.
+`ServerBusy` (UNAVAILABLE), at once. A request that would wait longer than `queue_timeout_s`, or finish after
+its own timeout, as forecast from the steps timed under the current load (`captioning.runtime.admission`), is
+refused at once too, instead of being shed when its time is up or decoded for a client that has gone.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 from captioning import contract
 from captioning.decoding import GenerationCancelled, GenerationSettings, Progress
+from captioning.runtime.admission import WaitForecast
 
 LOG = logging.getLogger(__name__)
 
@@ -60,6 +63,10 @@ class _Cohort:
     requests: list[_Request]
     steps: object  # generator of Progress, returning every item's text
     open: set = dataclasses.field(default_factory=set)  # keys not answered yet
+    least: int = 0  # new tokens its settings force and allow
+    most: int = 0
+    done: int = 0  # steps taken
+    finished: bool = False  # ran to its final answers (not ended by cancellation or a failure)
 
     @property
     def rows(self) -> int:
@@ -73,6 +80,7 @@ class InflightEngine:
         self.cohorts: list[_Cohort] = []
         self.known: set = set()
         self.next_cancel_check = 0.0
+        self.forecast = WaitForecast()
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self.known
@@ -87,9 +95,11 @@ class InflightEngine:
         items: Sequence,
         settings: GenerationSettings,
         cancelled: Callable[[], bool] = lambda: False,
+        timeout_s: float = 0.0,
     ) -> None:
-        """Queue a request to join at the next step; ServerBusy when the queue is full, ValueError when it
-        has more rows than may ever decode at once."""
+        """Queue a request to join at the next step; ServerBusy when the queue is full or it would wait or
+        take too long (`timeout_s`: the request's own timeout, 0 for none), ValueError when it has more rows
+        than may ever decode at once."""
         if len(items) > self.limits.max_rows:
             raise ValueError(f"a request may carry at most {self.limits.max_rows} rows, got {len(items)}")
         if self.limits.max_queue and len(self.pending) >= self.limits.max_queue:
@@ -97,6 +107,7 @@ class InflightEngine:
                 f"Exceeds maximum queue size: {len(self.pending)} requests are already waiting to join "
                 "the decoding batch; retry later"
             )
+        self._refuse_a_late_answer(len(items), settings, timeout_s)
         self.pending.append(_Request(key, list(items), settings, self.clock(), cancelled))
         self.known.add(key)
 
@@ -106,12 +117,38 @@ class InflightEngine:
         self._shed(answered)
         self._cancel(answered)
         self._admit(answered)
+        started, stepping = self.clock(), bool(self.cohorts)
         for cohort in list(self.cohorts):
             self._advance(cohort, answered)
+        if stepping:  # what a step costs at this load: the forecast's unit
+            self.forecast.observe_step(self.clock() - started)
         self.known -= answered.keys()
         return answered
 
     # -- admission ----------------------------------------------------------------------------------------
+    def _refuse_a_late_answer(self, rows: int, settings: GenerationSettings, timeout_s: float) -> None:
+        limit = self.limits.queue_timeout_s
+        if not (limit or timeout_s):
+            return
+        forecast = self.forecast
+        running = [(forecast.steps_left(c.done, c.least, c.most), c.rows) for c in self.cohorts]
+        waiting = [(len(r.items), forecast.steps_left(0, *_bounds(r.settings))) for r in self.pending]
+        waiting.append((rows, forecast.steps_left(0, *_bounds(settings))))
+        predicted = forecast.wait_s(self.limits.max_rows, running, waiting)
+        if predicted is None:
+            return
+        wait, took = predicted
+        if limit and wait > limit:
+            raise ServerBusy(
+                f"Exceeds the queue timeout: a request arriving now would wait about {wait:.1f} s to join the "
+                f"decoding batch (limit {limit:g} s, forecast from the steps timed at this load); retry later"
+            )
+        if timeout_s and wait + took > timeout_s:
+            raise ServerBusy(
+                f"Exceeds the request's timeout: it would wait about {wait:.1f} s and decode about {took:.1f} s, "
+                f"past its timeout of {timeout_s:g} s (forecast from the steps timed at this load); retry later"
+            )
+
     def _shed(self, answered: dict) -> None:
         timeout = self.limits.queue_timeout_s
         if not timeout:
@@ -142,7 +179,8 @@ class InflightEngine:
                 LOG.exception("starting a cohort of %d requests failed", len(requests))
                 answered.update((r.key, exc) for r in requests)
                 continue
-            self.cohorts.append(_Cohort(requests, steps, {r.key for r in requests}))
+            least, most = _bounds(settings)
+            self.cohorts.append(_Cohort(requests, steps, {r.key for r in requests}, least, most))
         if joining:
             LOG.debug("admitted %d requests; %d rows decoding", len(joining), self.running_rows)
 
@@ -173,16 +211,27 @@ class InflightEngine:
                             request.offset : request.offset + len(request.items)
                         ]
                 cohort.open.clear()
+                cohort.finished = True
             except Exception as exc:  # a failed step fails its cohort only
                 LOG.exception("a decode step failed for %d requests", len(cohort.open))
                 answered.update((key, exc) for key in cohort.open)
                 cohort.open.clear()
             else:
+                cohort.done += 1
                 for request in cohort.requests:
                     rows = range(request.offset, request.offset + len(request.items))
                     if request.key in cohort.open and all(progress.done[i] for i in rows):
                         answered[request.key] = [progress.output(i) for i in rows]
                         cohort.open.discard(request.key)
+                        cohort.finished = not cohort.open
         if not cohort.open:  # everyone answered: stop computing its rows
             cohort.steps.close()  # type: ignore[attr-defined]
+            if cohort.finished:
+                self.forecast.observe_cohort(cohort.done, cohort.most)
             self.cohorts.remove(cohort)
+
+
+def _bounds(settings: GenerationSettings) -> tuple[int, int]:
+    """The least and most new tokens (decode steps) a cohort with these settings takes."""
+    prompt = len(settings.prompt_ids)
+    return max(0, settings.min_length - prompt), max(0, settings.max_length - prompt)

@@ -269,3 +269,23 @@ def test_inflight_adapter_reschedules_until_answered_and_refuses_bad_requests_al
             for row in pb.get_output_tensor_by_name(answers[key], contract.CAPTION_EN).as_numpy()
         ]
         assert got == adapter.stage.run(list(embed), [Overrides()] * len(embed))
+
+
+def test_inflight_adapter_passes_each_request_its_own_timeout(pb):
+    from captioning.backend.iterative import IterativeExecutor
+    from captioning.runtime.inflight import InflightEngine, Limits
+
+    adapter = _adapter("caption_generator")
+    adapter.stage = CaptionStage(decoder=FakeDecoder(), settings=SETTINGS, codec=TextCodec(FakeTokenizer()))
+    engine = InflightEngine(adapter.stage.steps, Limits(max_rows=2))
+    engine.forecast.observe_step(1.0)  # recent steps took 1 s: a caption of 5 steps takes 5 s
+    adapter.iterative = IterativeExecutor(
+        engine, lambda r: adapter.stage.prepared(*adapter._parse(r)), adapter._outputs
+    )
+    embeds = np.full((1, 3, 4), 1, dtype=np.float32)
+    hurried, patient = (FakeRequest({contract.IMAGE_EMBEDS: embeds}, correlation_id=i) for i in (1, 2))
+    hurried.timeout_us = 1_000_000  # 1 s: cannot decode in time
+    responses = adapter.execute([hurried, patient])
+    assert responses[0].error().code() == pb.TritonError.UNAVAILABLE
+    assert "its timeout of 1 s" in responses[0].error().message()
+    assert responses[1] is None and patient.release_flags == pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE

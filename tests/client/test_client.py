@@ -214,6 +214,11 @@ def test_translate_input_checks() -> None:
         ("Server not ready", "503", ServerUnreachableError),
         ("Exceeds maximum queue size", "StatusCode.UNAVAILABLE", ServerBusyError),
         ("Request timeout expired", "StatusCode.UNAVAILABLE", ServerBusyError),
+        (
+            "Exceeds the queue timeout: a request arriving now would wait about 14.0 s",
+            "StatusCode.UNAVAILABLE",
+            ServerBusyError,
+        ),
         ("Exceeds maximum queue size", "503", ServerBusyError),
         ("segfault in backend", "StatusCode.INTERNAL", CaptionError),
         ("oops", "500", CaptionError),

@@ -96,6 +96,64 @@ def test_a_full_queue_is_refused_at_once_and_a_stale_wait_is_shed():
         _submit(engine, stage, "wide", _embeds(1, 2))
 
 
+def _ticking(stage: CaptionStage, clock: Clock, step_s: float = 1.0):
+    """The stage's steps, each costing `step_s` of the engine's clock."""
+
+    def start(items, settings):
+        steps = stage.steps(items, settings)
+
+        def run():
+            while True:
+                clock.now += step_s
+                try:
+                    progress = next(steps)
+                except StopIteration as stop:
+                    return stop.value
+                yield progress
+
+        return run()
+
+    return start
+
+
+def test_a_request_forecast_to_outwait_the_queue_timeout_is_refused_at_once_and_the_admitted_are_served():
+    clock, stage = Clock(), _stage()
+    engine = InflightEngine(
+        _ticking(stage, clock), Limits(max_rows=1, max_queue=8, queue_timeout_s=5.0), clock
+    )
+    _submit(engine, stage, "first", _embeds(1))
+    engine.step()
+    assert engine.forecast.step_s == 1.0  # one step timed: from here on arrivals are forecast
+    admitted, refused = ["first"], []
+    for i in range(6):
+        try:
+            _submit(engine, stage, i, _embeds(i + 2))
+            admitted.append(i)
+        except ServerBusy as busy:
+            assert "Exceeds the queue timeout" in str(busy) and "limit 5 s" in str(busy)
+            refused.append(i)
+    # a cohort runs 5 steps of 1 s: the first waiter joins after 4 s, the next would wait 9 s
+    assert admitted == ["first", 0] and refused == list(range(1, 6))
+    answers, _ = _run(engine, {"first", 0})
+    assert answers[0] == stage.run(_embeds(2), [Overrides()])  # admitted, and not shed late
+
+
+def test_a_request_forecast_to_finish_after_its_own_timeout_is_refused_at_once():
+    clock, stage = Clock(), _stage()
+    engine = InflightEngine(_ticking(stage, clock), Limits(max_rows=2, queue_timeout_s=0), clock)
+    _submit(engine, stage, "first", _embeds(1))
+    _run(engine, {"first"})
+    items, settings = stage.prepared(_embeds(2), Overrides())
+    steps = settings.max_length - len(settings.prompt_ids)  # 1 s each, nothing to wait for
+    engine.submit("roomy", items, settings, timeout_s=steps + 1.0)
+    with pytest.raises(
+        ServerBusy, match="Exceeds the request's timeout: it would wait about 0.0 s and decode"
+    ):
+        engine.submit("tight", items, settings, timeout_s=steps / 2)
+    answers, _ = _run(engine, {"roomy"})
+    assert answers["roomy"] == stage.run(_embeds(2), [Overrides()])
+
+
 def test_cancelled_requests_leave_and_an_all_cancelled_cohort_stops():
     clock = Clock()
     stage = _stage()

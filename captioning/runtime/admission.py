@@ -1,0 +1,61 @@
+"""Forecast of how long a request would wait to join an in-flight stage and then decode, so that a request
+that would only time out in the queue, or finish after its own timeout, is refused at once
+(docs/reliability.md) instead of being shed late or decoded for a client that has gone.
+
+It is measured, not configured: what an engine step costs under the current load (every step is timed), and
+the share of its most steps a cohort takes (end of sequence often comes early). The forecast then replays the
+queue at that cost per step: each running cohort frees its rows when its steps left are done, and the waiting
+requests join in arrival order as rows free. Under a load that grows faster than the estimate follows, it
+forecasts short; the queue timeout and cancellation still bound what it misses.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+SMOOTHING = 0.3  # weight of the newest measurement in the running estimates
+
+
+def _smoothed(old: float | None, new: float, weight: float) -> float:
+    return new if old is None else old + weight * (new - old)
+
+
+class WaitForecast:
+    def __init__(self, smoothing: float = SMOOTHING) -> None:
+        self.smoothing = smoothing
+        self.step_s: float | None = None  # one engine step under the current load; None before one was timed
+        self.share = 1.0  # steps a finished cohort took over its most; starts at the cautious end
+
+    def observe_step(self, seconds: float) -> None:
+        """Record how long an engine step took to advance every running cohort."""
+        self.step_s = _smoothed(self.step_s, seconds, self.smoothing)
+
+    def observe_cohort(self, steps: int, most: int) -> None:
+        """Record a cohort that reached its answers after `steps` of at most `most` steps."""
+        if most > 0:
+            self.share = _smoothed(self.share, min(1.0, steps / most), self.smoothing)
+
+    def steps_left(self, done: int, least: int, most: int) -> float:
+        """Expected steps a cohort has left, within its settings' least and most new tokens."""
+        return max(0.0, min(most, max(least, self.share * most)) - done)
+
+    def wait_s(
+        self, max_rows: int, running: Sequence[tuple[float, int]], waiting: Sequence[tuple[int, float]]
+    ) -> tuple[float, float] | None:
+        """(seconds before it joins, seconds it then decodes) of the last of `waiting`, given the running
+        cohorts as (steps left, rows) and the waiting requests as (rows, steps) in arrival order; None while no
+        step was timed or when it has more rows than may ever decode."""
+        if self.step_s is None or not waiting or waiting[-1][0] > max_rows:
+            return None
+        step_s = self.step_s
+        frees = [(left * step_s, rows) for left, rows in running]
+        heapq.heapify(frees)
+        free, at = max_rows - sum(rows for _, rows in running), 0.0
+        for rows, steps in waiting:
+            while free < rows:
+                finish, freed = heapq.heappop(frees)
+                at, free = max(at, finish), free + freed
+            free -= rows
+            heapq.heappush(frees, (at + steps * step_s, rows))
+        return at, waiting[-1][1] * step_s

@@ -1,0 +1,53 @@
+"""The wait forecast replays the queue at the measured cost of a step: running cohorts free their rows when
+their expected steps are done, waiting requests join in arrival order, and nothing is forecast before a step
+was timed."""
+
+from __future__ import annotations
+
+import pytest
+
+from captioning.runtime.admission import WaitForecast
+
+
+def _forecast(step_s: float) -> WaitForecast:
+    forecast = WaitForecast()
+    forecast.observe_step(step_s)
+    return forecast
+
+
+def test_nothing_is_forecast_before_a_step_was_timed():
+    assert WaitForecast().wait_s(4, [(10, 4)], [(1, 10)]) is None
+
+
+def test_a_request_that_fits_beside_the_running_rows_waits_nothing_and_decodes_its_steps():
+    assert _forecast(0.5).wait_s(4, [(10, 2)], [(1, 8), (1, 6)]) == (0.0, 3.0)
+
+
+def test_waiting_requests_join_as_running_cohorts_free_their_rows():
+    forecast = _forecast(1.0)
+    running = [(5, 2), (9, 2)]  # 4 of 4 rows busy, freed after 5 and 9 steps
+    assert forecast.wait_s(4, running, [(2, 10)]) == (5.0, 10.0)
+    assert forecast.wait_s(4, running, [(2, 10), (2, 10)]) == (9.0, 10.0)
+    assert forecast.wait_s(4, running, [(2, 10), (2, 10), (3, 10)]) == (19.0, 10.0)  # behind both joiners
+    assert forecast.wait_s(4, running, [(2, 10), (2, 10), (2, 10)]) == (15.0, 10.0)  # the first joiner's rows
+
+
+def test_steps_left_follow_how_early_cohorts_end():
+    forecast = _forecast(1.0)
+    assert forecast.steps_left(done=3, least=0, most=20) == 17  # nothing seen yet: the most steps
+    for _ in range(30):
+        forecast.observe_cohort(steps=5, most=20)  # end of sequence comes after a quarter of the most
+    assert forecast.steps_left(done=0, least=0, most=20) == pytest.approx(5.0, abs=0.1)
+    assert forecast.steps_left(done=0, least=12, most=20) == 12  # forced new tokens still count
+    assert forecast.steps_left(done=9, least=0, most=20) == 0  # running past the forecast: about to end
+
+
+def test_the_step_cost_follows_the_load():
+    forecast = WaitForecast(smoothing=0.5)
+    forecast.observe_step(1.0)
+    forecast.observe_step(3.0)
+    assert forecast.step_s == pytest.approx(2.0)
+
+
+def test_a_request_wider_than_the_batch_is_left_to_the_caller():
+    assert _forecast(1.0).wait_s(2, [], [(3, 10)]) is None

@@ -21,7 +21,17 @@ def one(url, text, timeout):
             c.translate(text)
         return "ok", time.perf_counter() - t0
     except Exception as e:
-        return type(e).__name__, time.perf_counter() - t0
+        kind = type(e).__name__
+        if kind == "ServerBusyError":  # by how it was shed: a full queue, a forecast wait, or a late timeout
+            words = str(e).lower()
+            kind += (
+                ": late"
+                if "timeout expired" in words
+                else ": forecast"
+                if "exceeds the queue" in words
+                else ""
+            )
+        return kind, time.perf_counter() - t0
 
 
 with TritonServer(opts) as server:
@@ -69,6 +79,7 @@ with TritonServer(opts) as server:
         "outcomes": {
             k: {"count": len(v), "p50_s": sorted(v)[len(v) // 2], "max_s": max(v)} for k, v in kinds.items()
         },
+        "shed_after_1s": sum(1 for k, t in results if k.startswith("ServerBusyError") and t >= 1.0),
     }
     after = one(url, "right after", 60)
     summary["right_after"] = after

@@ -2,11 +2,12 @@
 that would only time out in the queue, or finish after its own timeout, is refused at once
 (docs/reliability.md) instead of being shed late or decoded for a client that has gone.
 
-It is measured, not configured: what an engine step costs under the current load (every step is timed), and
-the share of its most steps a cohort takes (end of sequence often comes early). The forecast then replays the
-queue at that cost per step: each running cohort frees its rows when its steps left are done, and the waiting
-requests join in arrival order as rows free. Under a load that grows faster than the estimate follows, it
-forecasts short; the queue timeout and cancellation still bound what it misses.
+It is measured, not configured: what one cohort's step costs (every engine step is timed and divided by the
+cohorts it advanced: each is its own graph call), and the share of its most steps a cohort takes (end of
+sequence often comes early). The forecast then replays the queue: each running cohort frees its rows when its
+steps left are done, the waiting requests join in arrival order as rows free, and every step costs as many
+cohort steps as cohorts would run, counting each waiting request as a cohort of its own (the worst case). Under
+a load that grows after a request joined, it forecasts short; the engine checks again when the request joins.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ def _smoothed(old: float | None, new: float, weight: float) -> float:
 class WaitForecast:
     def __init__(self, smoothing: float = SMOOTHING) -> None:
         self.smoothing = smoothing
-        self.step_s: float | None = None  # one engine step under the current load; None before one was timed
+        self.cohort_step_s: float | None = None  # one step of one cohort; None before a step was timed
         self.share = 1.0  # steps a finished cohort took over its most; starts at the cautious end
 
-    def observe_step(self, seconds: float) -> None:
-        """Record how long an engine step took to advance every running cohort."""
-        self.step_s = _smoothed(self.step_s, seconds, self.smoothing)
+    def observe_step(self, seconds: float, cohorts: int) -> None:
+        """Record how long an engine step took to advance `cohorts` cohorts."""
+        if cohorts > 0:
+            self.cohort_step_s = _smoothed(self.cohort_step_s, seconds / cohorts, self.smoothing)
+
+    def decode_s(self, steps: float, cohorts: int) -> float | None:
+        """Seconds `steps` steps take while `cohorts` cohorts step together."""
+        return None if self.cohort_step_s is None else steps * self.cohort_step_s * max(1, cohorts)
 
     def observe_cohort(self, steps: int, most: int) -> None:
         """Record a cohort that reached its answers after `steps` of at most `most` steps."""
@@ -46,9 +52,9 @@ class WaitForecast:
         """(seconds before it joins, seconds it then decodes) of the last of `waiting`, given the running
         cohorts as (steps left, rows) and the waiting requests as (rows, steps) in arrival order; None while no
         step was timed or when it has more rows than may ever decode."""
-        if self.step_s is None or not waiting or waiting[-1][0] > max_rows:
+        if self.cohort_step_s is None or not waiting or waiting[-1][0] > max_rows:
             return None
-        step_s = self.step_s
+        step_s = self.cohort_step_s * min(max_rows, len(running) + len(waiting))
         frees = [(left * step_s, rows) for left, rows in running]
         heapq.heapify(frees)
         free, at = max_rows - sum(rows for _, rows in running), 0.0

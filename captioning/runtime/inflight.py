@@ -55,6 +55,7 @@ class _Request:
     settings: GenerationSettings
     arrived: float
     cancelled: Callable[[], bool]
+    timeout_s: float = 0.0  # its own timeout (0: none)
     offset: int = 0  # its first item's index in its cohort
 
 
@@ -108,7 +109,7 @@ class InflightEngine:
                 "the decoding batch; retry later"
             )
         self._refuse_a_late_answer(len(items), settings, timeout_s)
-        self.pending.append(_Request(key, list(items), settings, self.clock(), cancelled))
+        self.pending.append(_Request(key, list(items), settings, self.clock(), cancelled, timeout_s))
         self.known.add(key)
 
     def step(self) -> dict[Hashable, Result]:
@@ -117,11 +118,11 @@ class InflightEngine:
         self._shed(answered)
         self._cancel(answered)
         self._admit(answered)
-        started, stepping = self.clock(), bool(self.cohorts)
+        started, stepping = self.clock(), len(self.cohorts)
         for cohort in list(self.cohorts):
             self._advance(cohort, answered)
-        if stepping:  # what a step costs at this load: the forecast's unit
-            self.forecast.observe_step(self.clock() - started)
+        if stepping:  # what a cohort's step costs at this load: the forecast's unit
+            self.forecast.observe_step(self.clock() - started, stepping)
         self.known -= answered.keys()
         return answered
 
@@ -168,7 +169,10 @@ class InflightEngine:
             request = self.pending.popleft()
             free -= len(request.items)
             joining.setdefault(request.settings, []).append(request)
+        self._refuse_late_joiners(joining, answered)
         for settings, requests in joining.items():
+            if not requests:
+                continue
             items = []
             for request in requests:
                 request.offset = len(items)
@@ -183,6 +187,22 @@ class InflightEngine:
             self.cohorts.append(_Cohort(requests, steps, {r.key for r in requests}, least, most))
         if joining:
             LOG.debug("admitted %d requests; %d rows decoding", len(joining), self.running_rows)
+
+    def _refuse_late_joiners(self, joining: dict[GenerationSettings, list[_Request]], answered: dict) -> None:
+        """A request about to join that can no longer finish within its own timeout, at the load it would join,
+        is refused now, before it costs a step: the load may have grown since it arrived."""
+        now, cohorts = self.clock(), len(self.cohorts) + len(joining)
+        for settings, requests in joining.items():
+            took = self.forecast.decode_s(self.forecast.steps_left(0, *_bounds(settings)), cohorts)
+            if took is None:
+                return
+            for request in [r for r in requests if r.timeout_s and now - r.arrived + took > r.timeout_s]:
+                requests.remove(request)
+                answered[request.key] = ServerBusy(
+                    f"Exceeds the request's timeout: it waited {now - request.arrived:.1f} s and would decode "
+                    f"about {took:.1f} s, past its timeout of {request.timeout_s:g} s (forecast from the steps "
+                    "timed at this load); retry later"
+                )
 
     def _cancel(self, answered: dict) -> None:
         now = self.clock()

@@ -278,7 +278,7 @@ def test_inflight_adapter_passes_each_request_its_own_timeout(pb):
     adapter = _adapter("caption_generator")
     adapter.stage = CaptionStage(decoder=FakeDecoder(), settings=SETTINGS, codec=TextCodec(FakeTokenizer()))
     engine = InflightEngine(adapter.stage.steps, Limits(max_rows=2))
-    engine.forecast.observe_step(1.0)  # recent steps took 1 s: a caption of 5 steps takes 5 s
+    engine.forecast.observe_step(1.0, cohorts=1)  # recent steps took 1 s: a caption of 5 steps takes 5 s
     adapter.iterative = IterativeExecutor(
         engine, lambda r: adapter.stage.prepared(*adapter._parse(r)), adapter._outputs
     )

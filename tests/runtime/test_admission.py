@@ -1,6 +1,6 @@
-"""The wait forecast replays the queue at the measured cost of a step: running cohorts free their rows when
-their expected steps are done, waiting requests join in arrival order, and nothing is forecast before a step
-was timed."""
+"""The wait forecast replays the queue at the measured cost of a cohort's step: running cohorts free their rows
+when their expected steps are done, waiting requests join in arrival order, each step costs as many cohort
+steps as cohorts would run, and nothing is forecast before a step was timed."""
 
 from __future__ import annotations
 
@@ -11,25 +11,30 @@ from captioning.runtime.admission import WaitForecast
 
 def _forecast(step_s: float) -> WaitForecast:
     forecast = WaitForecast()
-    forecast.observe_step(step_s)
+    forecast.observe_step(step_s, cohorts=1)
     return forecast
 
 
 def test_nothing_is_forecast_before_a_step_was_timed():
     assert WaitForecast().wait_s(4, [(10, 4)], [(1, 10)]) is None
+    assert WaitForecast().decode_s(10, cohorts=2) is None
 
 
 def test_a_request_that_fits_beside_the_running_rows_waits_nothing_and_decodes_its_steps():
-    assert _forecast(0.5).wait_s(4, [(10, 2)], [(1, 8), (1, 6)]) == (0.0, 3.0)
+    # three cohorts would step together (one running, two joining): each step costs three cohort steps
+    assert _forecast(0.5).wait_s(4, [(10, 2)], [(1, 8), (1, 6)]) == (0.0, 9.0)
+    assert _forecast(0.5).decode_s(6, cohorts=3) == 9.0
 
 
 def test_waiting_requests_join_as_running_cohorts_free_their_rows():
     forecast = _forecast(1.0)
     running = [(5, 2), (9, 2)]  # 4 of 4 rows busy, freed after 5 and 9 steps
-    assert forecast.wait_s(4, running, [(2, 10)]) == (5.0, 10.0)
-    assert forecast.wait_s(4, running, [(2, 10), (2, 10)]) == (9.0, 10.0)
-    assert forecast.wait_s(4, running, [(2, 10), (2, 10), (3, 10)]) == (19.0, 10.0)  # behind both joiners
-    assert forecast.wait_s(4, running, [(2, 10), (2, 10), (2, 10)]) == (15.0, 10.0)  # the first joiner's rows
+    # a step costs one second per cohort stepping: 2 running + the waiting ones, at most 4 (the rows)
+    assert forecast.wait_s(4, running, [(2, 10)]) == (15.0, 30.0)
+    assert forecast.wait_s(4, running, [(2, 10), (2, 10)]) == (36.0, 40.0)
+    # behind both joiners (they free their rows at 20 + 40 and 36 + 40 s), or behind the first only
+    assert forecast.wait_s(4, running, [(2, 10), (2, 10), (3, 10)]) == (76.0, 40.0)
+    assert forecast.wait_s(4, running, [(2, 10), (2, 10), (2, 10)]) == (60.0, 40.0)
 
 
 def test_steps_left_follow_how_early_cohorts_end():
@@ -44,9 +49,9 @@ def test_steps_left_follow_how_early_cohorts_end():
 
 def test_the_step_cost_follows_the_load():
     forecast = WaitForecast(smoothing=0.5)
-    forecast.observe_step(1.0)
-    forecast.observe_step(3.0)
-    assert forecast.step_s == pytest.approx(2.0)
+    forecast.observe_step(1.0, cohorts=1)
+    forecast.observe_step(6.0, cohorts=2)  # a step of two cohorts: 3 s each
+    assert forecast.cohort_step_s == pytest.approx(2.0)
 
 
 def test_a_request_wider_than_the_batch_is_left_to_the_caller():

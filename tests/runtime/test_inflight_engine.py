@@ -123,7 +123,7 @@ def test_a_request_forecast_to_outwait_the_queue_timeout_is_refused_at_once_and_
     )
     _submit(engine, stage, "first", _embeds(1))
     engine.step()
-    assert engine.forecast.step_s == 1.0  # one step timed: from here on arrivals are forecast
+    assert engine.forecast.cohort_step_s == 1.0  # one step timed: from here on arrivals are forecast
     admitted, refused = ["first"], []
     for i in range(6):
         try:
@@ -152,6 +152,19 @@ def test_a_request_forecast_to_finish_after_its_own_timeout_is_refused_at_once()
         engine.submit("tight", items, settings, timeout_s=steps / 2)
     answers, _ = _run(engine, {"roomy"})
     assert answers["roomy"] == stage.run(_embeds(2), [Overrides()])
+
+
+def test_a_waiter_that_can_no_longer_finish_within_its_timeout_is_refused_when_it_would_join():
+    clock, stage = Clock(), _stage()
+    engine = InflightEngine(_ticking(stage, clock), Limits(max_rows=1, queue_timeout_s=0), clock)
+    _submit(engine, stage, "first", _embeds(1))
+    items, settings = stage.prepared(_embeds(2), Overrides())
+    engine.submit("late", items, settings, timeout_s=6.0)  # nothing timed yet: taken
+    engine.submit("patient", items, settings, timeout_s=60.0)
+    answers, _ = _run(engine, {"first", "late", "patient"})
+    # it waited 5 s for the first to finish and would decode 5 more: refused before its first step
+    assert isinstance(answers["late"], ServerBusy) and "it waited 5.0 s" in str(answers["late"])
+    assert answers["patient"] == stage.run(_embeds(2), [Overrides()])
 
 
 def test_cancelled_requests_leave_and_an_all_cancelled_cohort_stops():

@@ -30,7 +30,10 @@ def test_fuzz_every_answer_is_success_or_a_named_refusal(server, flickr_images):
 
 @pytest.fixture(scope="module")
 def slow_repository(fixture_checkpoints, tmp_path_factory):
-    """Translations forced to 900 tokens and 4 beams: a second or more each, so load can exceed capacity."""
+    """Translations forced to 900 tokens and 4 beams: a second or more each, so load can exceed capacity.
+
+    Requests arriving within 0.1 s of each other share a batch: a test's concurrent requests then decode
+    together instead of the later one waiting a whole decode in the queue, where the 3 s timeout may shed it."""
     from captioning.decoding import Overrides
     from captioning.export.build import BuildOptions, build_repository
     from captioning.export.repository import RepositoryOptions
@@ -41,7 +44,9 @@ def slow_repository(fixture_checkpoints, tmp_path_factory):
         max_length=1000,
         caption=Overrides(max_new_tokens=20),
         translation=Overrides(num_beams=4, min_new_tokens=900, max_new_tokens=900),
-        repository=RepositoryOptions(max_batch_size=4, max_queue_size=2, queue_timeout_s=3.0),
+        repository=RepositoryOptions(
+            max_batch_size=4, max_queue_size=2, queue_timeout_s=3.0, max_queue_delay_us=100_000
+        ),
     )
     path = tmp_path_factory.mktemp("slow") / "repository"
     return build_repository(fixture_checkpoints.blip, fixture_checkpoints.mbart, path, options)
@@ -178,7 +183,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(slow_repository, tmp_path
     try:
         with CaptionClient(url, wait_ready_s=240) as client:
             client.translate("warm up")
-        with ThreadPoolExecutor(max_workers=2) as pool:  # within the slow repository's queue of 2
+        with ThreadPoolExecutor(max_workers=2) as pool:  # one batch of the slow repository
             in_flight = [pool.submit(_translate, url, f"sentence {i} in flight", 120.0) for i in range(2)]
             time.sleep(1.0)  # they are decoding now
             process.send_signal(signal.SIGTERM)

@@ -49,7 +49,7 @@ _TIMEOUT = {"StatusCode.DEADLINE_EXCEEDED", "408", "504"}
 _UNAVAILABLE = {"StatusCode.UNAVAILABLE"}
 # Triton's scheduler and the in-flight engines shed with UNAVAILABLE and these messages; other UNAVAILABLEs mean nothing is listening.
 _SHED = re.compile(
-    r"exceeds maximum queue size|request timeout expired|timeout expired|exceeds the queue timeout|exceeds the request's timeout",
+    r"exceeds maximum queue size|request timeout expired|timeout expired|exceeds the queue timeout|exceeds the request's timeout|exceeds the running requests' timeouts",
     re.IGNORECASE,
 )
 

@@ -15,7 +15,9 @@ Admission is bounded like Triton's queue policy: at most `max_rows` sources deco
 `max_queue` requests wait, none longer than `queue_timeout_s`; past a bound a request fails with
 `ServerBusy` (UNAVAILABLE), at once. A request that would wait longer than `queue_timeout_s`, or finish after
 its own timeout, as forecast from the steps timed under the current load (`captioning.runtime.admission`), is
-refused at once too, instead of being shed when its time is up or decoded for a client that has gone.
+refused at once too, instead of being shed when its time is up or decoded for a client that has gone; and so is
+a request whose joining would slow the requests already decoding past their own timeouts, so that under
+overload the engine holds the load its clients' timeouts allow and sheds the rest on arrival.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ CANCEL_CHECK_S = 0.25  # is_cancelled() is a round trip to the server: ask each 
 
 class ServerBusy(Exception):
     """The stage is at its admission bound; the client should retry later (Triton's UNAVAILABLE)."""
+
+
+_SLOWS_OTHERS = (
+    "Exceeds the running requests' timeouts: joining now would slow the requests decoding past their own "
+    "timeouts (forecast from the steps timed at this load); retry later"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +136,7 @@ class InflightEngine:
 
     # -- admission ----------------------------------------------------------------------------------------
     def _refuse_a_late_answer(self, rows: int, settings: GenerationSettings, timeout_s: float) -> None:
-        limit = self.limits.queue_timeout_s
-        if not (limit or timeout_s):
-            return
-        forecast = self.forecast
+        forecast, limit = self.forecast, self.limits.queue_timeout_s
         running = [(forecast.steps_left(c.done, c.least, c.most), c.rows) for c in self.cohorts]
         waiting = [(len(r.items), forecast.steps_left(0, *_bounds(r.settings))) for r in self.pending]
         waiting.append((rows, forecast.steps_left(0, *_bounds(settings))))
@@ -149,6 +154,13 @@ class InflightEngine:
                 f"Exceeds the request's timeout: it would wait about {wait:.1f} s and decode about {took:.1f} s, "
                 f"past its timeout of {timeout_s:g} s (forecast from the steps timed at this load); retry later"
             )
+        free, joining = self.limits.max_rows - self.running_rows, 0
+        for rows_ahead, _ in waiting:  # those that join at the next step, each a cohort at worst
+            if rows_ahead > free:
+                return  # it joins only as others leave, which does not add to the load
+            free, joining = free - rows_ahead, joining + 1
+        if self._slows_past_timeouts(len(self.cohorts) + joining):
+            raise ServerBusy(_SLOWS_OTHERS)
 
     def _shed(self, answered: dict) -> None:
         timeout = self.limits.queue_timeout_s
@@ -203,6 +215,30 @@ class InflightEngine:
                     f"about {took:.1f} s, past its timeout of {request.timeout_s:g} s (forecast from the steps "
                     "timed at this load); retry later"
                 )
+        groups = [requests for requests in joining.values() if requests]
+        while groups and self._slows_past_timeouts(len(self.cohorts) + len(groups)):
+            for request in groups.pop():  # the latest to arrive give way
+                joining[request.settings].remove(request)
+                answered[request.key] = ServerBusy(_SLOWS_OTHERS)
+
+    def _slows_past_timeouts(self, cohorts: int) -> bool:
+        """Whether stepping `cohorts` cohorts would make more running requests finish past their own timeouts
+        than stepping the cohorts running now: a request may join only if those already decoding still finish
+        in time, so under overload the engine stays at the load its requests' timeouts allow."""
+        now, forecast = self.clock(), self.forecast
+
+        def late(load: int) -> int:
+            count = 0
+            for cohort in self.cohorts:
+                left = forecast.decode_s(forecast.steps_left(cohort.done, cohort.least, cohort.most), load)
+                count += sum(
+                    1
+                    for r in cohort.requests
+                    if r.key in cohort.open and r.timeout_s and left and now - r.arrived + left > r.timeout_s
+                )
+            return count
+
+        return cohorts > len(self.cohorts) and late(cohorts) > late(len(self.cohorts))
 
     def _cancel(self, answered: dict) -> None:
         now = self.clock()

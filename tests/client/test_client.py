@@ -219,6 +219,12 @@ def test_translate_input_checks() -> None:
             "StatusCode.UNAVAILABLE",
             ServerBusyError,
         ),
+        (
+            "Exceeds the request's timeout: it would wait about 0.0 s",
+            "StatusCode.UNAVAILABLE",
+            ServerBusyError,
+        ),
+        ("Exceeds the running requests' timeouts: joining now", "StatusCode.UNAVAILABLE", ServerBusyError),
         ("Exceeds maximum queue size", "503", ServerBusyError),
         ("segfault in backend", "StatusCode.INTERNAL", CaptionError),
         ("oops", "500", CaptionError),

@@ -167,6 +167,25 @@ def test_a_waiter_that_can_no_longer_finish_within_its_timeout_is_refused_when_i
     assert answers["patient"] == stage.run(_embeds(2), [Overrides()])
 
 
+@pytest.mark.parametrize(("first_timeout_s", "refused"), [(8.0, True), (60.0, False)])
+def test_a_request_that_would_slow_a_running_one_past_its_timeout_is_refused(first_timeout_s, refused):
+    clock, stage = Clock(), _stage()
+    engine = InflightEngine(_ticking(stage, clock), Limits(max_rows=2, queue_timeout_s=0), clock)
+    items, settings = stage.prepared(_embeds(1), Overrides())
+    engine.submit("first", items, settings, timeout_s=first_timeout_s)
+    engine.step()  # 1 s gone, 4 steps of 1 s left alone; with a second cohort each step costs 2 s: 9 s in all
+    second = stage.prepared(_embeds(2), Overrides())
+    if refused:
+        with pytest.raises(ServerBusy, match="Exceeds the running requests' timeouts"):
+            engine.submit("second", *second)
+        answers, _ = _run(engine, {"first"})
+    else:
+        engine.submit("second", *second)
+        answers, _ = _run(engine, {"first", "second"})
+        assert answers["second"] == stage.run(_embeds(2), [Overrides()])
+    assert answers["first"] == stage.run(_embeds(1), [Overrides()]) and clock.now <= first_timeout_s
+
+
 def test_cancelled_requests_leave_and_an_all_cancelled_cohort_stops():
     clock = Clock()
     stage = _stage()

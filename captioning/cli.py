@@ -19,7 +19,8 @@ COMMAND_MODULES = (
     "captioning.testing.commands",  # make-fixtures
     "captioning.training.commands",  # train-*, attention-map, evaluate
     "captioning.ui.commands",  # ui
-    "captioning.bench.commands",  # bench, make-bench-checkpoints, verify, gpu-check, soak, fuzz
+    "captioning.bench.commands",  # bench, make-bench-checkpoints, verify, gpu-check
+    "captioning.bench.traffic_commands",  # soak, fuzz, overload
 )
 
 

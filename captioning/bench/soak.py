@@ -21,6 +21,7 @@ from pathlib import Path
 from captioning.bench.memory import memory_kib
 
 LOG = logging.getLogger(__name__)
+GROWTH_WINDOW_S = 60.0  # memory growth compares medians over windows of at most this, see _growth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,7 @@ class SoakOptions:
     url: str
     concurrency: int = 16
     duration_s: float = 600.0
-    warmup_s: float = 60.0  # memory growth is measured against the first sample after this
+    warmup_s: float = 60.0  # memory growth is measured against the first window after this
     windows: int = 10  # latency percentiles per window
     images: int = 16
     texts: int = 16
@@ -185,14 +186,25 @@ def _private(sample: dict, name: str) -> int | None:
 
 
 def _growth(samples: list[dict], measure) -> dict[str, float | None]:
-    """Each process's growth from the first sample after the warm-up to the last."""
+    """Each process's growth from its median size over the first window after the warm-up to its median over
+    the last window (a fifth of the measured span, at most GROWTH_WINDOW_S): a process's size moves with the
+    requests it holds at the instant of a sample (tritonserver's gRPC buffers), and a leak is a trend."""
     if not samples:
         return {}
+    span = samples[-1]["t"] - samples[0]["t"]
+    window = min(GROWTH_WINDOW_S, span / 5)
+    head = [s for s in samples if s["t"] <= samples[0]["t"] + window]
+    tail = [s for s in samples if s["t"] >= samples[-1]["t"] - window]
     growth = {}
     for name in samples[0]["rss_kib"]:
-        first, last = measure(samples[0], name), measure(samples[-1], name)
+        first, last = _median_of(head, measure, name), _median_of(tail, measure, name)
         growth[name] = None if not first or last is None else (last - first) / first
     return growth
+
+
+def _median_of(samples: list[dict], measure, name: str) -> float | None:
+    values = sorted(v for v in (measure(s, name) for s in samples) if v is not None)
+    return values[len(values) // 2] if values else None
 
 
 def write_outputs(report: dict, output_dir: Path) -> dict[str, Path]:

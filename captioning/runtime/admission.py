@@ -3,8 +3,12 @@ that would only time out in the queue, or finish after its own timeout, is refus
 (docs/reliability.md) instead of being shed late or decoded for a client that has gone.
 
 It is measured, not configured: what one cohort's step costs (every engine step is timed and divided by the
-cohorts it advanced: each is its own graph call), and the share of its most steps a cohort takes (end of
-sequence often comes early). The forecast then replays the queue: each running cohort frees its rows when its
+cohorts it advanced: each is its own graph call), the gap between two steps (Triton rescheduling every request
+in flight and the stub's round trip: with small models, as much as the step itself), and the share of its most
+steps a cohort takes (end of sequence often comes early). What the replay still misses (the cost of a step grows
+with the requests in flight, which grow after a request was forecast) is measured too: each request that waited
+is compared with its forecast, and later forecasts are scaled by the most a recent wait outlasted its forecast
+(never shortened), so the forecast corrects itself under the load it serves, tail included. The forecast then replays the queue: each running cohort frees its rows when its
 steps left are done, the waiting requests join in arrival order as rows free, and every step costs as many
 cohort steps as cohorts would run, counting each waiting request as a cohort of its own (the worst case). Under
 a load that grows after a request joined, it forecasts short; the engine checks again when the request joins.
@@ -13,9 +17,13 @@ a load that grows after a request joined, it forecasts short; the engine checks 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Sequence
 
 SMOOTHING = 0.3  # weight of the newest measurement in the running estimates
+MIN_FORECAST_S = 0.5  # waits forecast shorter than this do not correct the forecast
+MAX_BIAS = 4.0  # one stalled wait (a reload, a pause) does not refuse everything after it
+RECENT_WAITS = 32  # the forecast's correction is the worst of this many recent waits
 
 
 def _smoothed(old: float | None, new: float, weight: float) -> float:
@@ -26,16 +34,36 @@ class WaitForecast:
     def __init__(self, smoothing: float = SMOOTHING) -> None:
         self.smoothing = smoothing
         self.cohort_step_s: float | None = None  # one step of one cohort; None before a step was timed
+        self.gap_s: float | None = None  # from the end of one step to the start of the next, while busy
         self.share = 1.0  # steps a finished cohort took over its most; starts at the cautious end
+        self.ratios: deque[float] = deque(maxlen=RECENT_WAITS)  # recent waits over their forecasts
 
     def observe_step(self, seconds: float, cohorts: int) -> None:
         """Record how long an engine step took to advance `cohorts` cohorts."""
         if cohorts > 0:
             self.cohort_step_s = _smoothed(self.cohort_step_s, seconds / cohorts, self.smoothing)
 
+    def observe_gap(self, seconds: float) -> None:
+        """Record the time between a step that left requests in flight and the next step."""
+        self.gap_s = _smoothed(self.gap_s, seconds, self.smoothing)
+
+    def observe_wait(self, forecast_s: float, waited_s: float) -> None:
+        """Record how long a request waited to join (or to be shed) against its forecast wait."""
+        if forecast_s >= MIN_FORECAST_S:  # a ratio of near-zero waits is noise
+            self.ratios.append(waited_s / forecast_s)
+
+    @property
+    def bias(self) -> float:
+        """How much longer than forecast recent requests waited, at worst: at least 1, at most MAX_BIAS."""
+        return min(MAX_BIAS, max([1.0, *self.ratios]))
+
+    def _step_s(self, cohorts: int) -> float:
+        assert self.cohort_step_s is not None
+        return (self.cohort_step_s * max(1, cohorts) + (self.gap_s or 0.0)) * self.bias
+
     def decode_s(self, steps: float, cohorts: int) -> float | None:
         """Seconds `steps` steps take while `cohorts` cohorts step together."""
-        return None if self.cohort_step_s is None else steps * self.cohort_step_s * max(1, cohorts)
+        return None if self.cohort_step_s is None else steps * self._step_s(cohorts)
 
     def observe_cohort(self, steps: int, most: int) -> None:
         """Record a cohort that reached its answers after `steps` of at most `most` steps."""
@@ -54,7 +82,7 @@ class WaitForecast:
         step was timed or when it has more rows than may ever decode."""
         if self.cohort_step_s is None or not waiting or waiting[-1][0] > max_rows:
             return None
-        step_s = self.cohort_step_s * min(max_rows, len(running) + len(waiting))
+        step_s = self._step_s(min(max_rows, len(running) + len(waiting)))
         frees = [(left * step_s, rows) for left, rows in running]
         heapq.heapify(frees)
         free, at = max_rows - sum(rows for _, rows in running), 0.0

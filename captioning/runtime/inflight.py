@@ -37,6 +37,9 @@ LOG = logging.getLogger(__name__)
 Result = list[str] | Exception
 StartSteps = Callable[[list, GenerationSettings], "object"]  # (items, settings) -> stepped search of texts
 CANCEL_CHECK_S = 0.25  # is_cancelled() is a round trip to the server: ask each request at most this often
+# A request is admitted only if forecast to join within this share of the queue timeout: a forecast made while
+# the queue is short misses the slowdown a filling queue brings (measured up to a third, docs/reliability.md).
+HEADROOM = 0.75
 
 
 class ServerBusy(Exception):
@@ -65,6 +68,7 @@ class _Request:
     cancelled: Callable[[], bool]
     timeout_s: float = 0.0  # its own timeout (0: none)
     offset: int = 0  # its first item's index in its cohort
+    forecast_wait_s: float | None = None  # forecast on arrival, compared with its wait when it joins
 
 
 @dataclasses.dataclass
@@ -90,6 +94,7 @@ class InflightEngine:
         self.known: set = set()
         self.next_cancel_check = 0.0
         self.forecast = WaitForecast()
+        self.busy_since: float | None = None  # when the last step ended, if it left requests in flight
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self.known
@@ -116,8 +121,8 @@ class InflightEngine:
                 f"Exceeds maximum queue size: {len(self.pending)} requests are already waiting to join "
                 "the decoding batch; retry later"
             )
-        self._refuse_a_late_answer(len(items), settings, timeout_s)
-        self.pending.append(_Request(key, list(items), settings, self.clock(), cancelled, timeout_s))
+        wait = self._refuse_a_late_answer(len(items), settings, timeout_s)
+        self.pending.append(_Request(key, list(items), settings, self.clock(), cancelled, timeout_s, 0, wait))
         self.known.add(key)
 
     def step(self) -> dict[Hashable, Result]:
@@ -127,24 +132,32 @@ class InflightEngine:
         self._cancel(answered)
         self._admit(answered)
         started, stepping = self.clock(), len(self.cohorts)
+        if self.busy_since is not None:  # the server ran this step as soon as it could: the gap is its cost
+            self.forecast.observe_gap(started - self.busy_since)
         for cohort in list(self.cohorts):
             self._advance(cohort, answered)
+        ended = self.clock()
         if stepping:  # what a cohort's step costs at this load: the forecast's unit
-            self.forecast.observe_step(self.clock() - started, stepping)
+            self.forecast.observe_step(ended - started, stepping)
         self.known -= answered.keys()
+        # Requests left in flight are rescheduled at once; otherwise the next step waits for an arrival.
+        self.busy_since = ended if self.known else None
         return answered
 
     # -- admission ----------------------------------------------------------------------------------------
-    def _refuse_a_late_answer(self, rows: int, settings: GenerationSettings, timeout_s: float) -> None:
+    def _refuse_a_late_answer(
+        self, rows: int, settings: GenerationSettings, timeout_s: float
+    ) -> float | None:
+        """Raises ServerBusy if the request is forecast to answer late; else returns its forecast wait."""
         forecast, limit = self.forecast, self.limits.queue_timeout_s
         running = [(forecast.steps_left(c.done, c.least, c.most), c.rows) for c in self.cohorts]
         waiting = [(len(r.items), forecast.steps_left(0, *_bounds(r.settings))) for r in self.pending]
         waiting.append((rows, forecast.steps_left(0, *_bounds(settings))))
         predicted = forecast.wait_s(self.limits.max_rows, running, waiting)
         if predicted is None:
-            return
+            return None
         wait, took = predicted
-        if limit and wait > limit:
+        if limit and wait > HEADROOM * limit:
             raise ServerBusy(
                 f"Exceeds the queue timeout: a request arriving now would wait about {wait:.1f} s to join the "
                 f"decoding batch (limit {limit:g} s, forecast from the steps timed at this load); retry later"
@@ -157,10 +170,11 @@ class InflightEngine:
         free, joining = self.limits.max_rows - self.running_rows, 0
         for rows_ahead, _ in waiting:  # those that join at the next step, each a cohort at worst
             if rows_ahead > free:
-                return  # it joins only as others leave, which does not add to the load
+                return wait  # it joins only as others leave, which does not add to the load
             free, joining = free - rows_ahead, joining + 1
         if self._slows_past_timeouts(len(self.cohorts) + joining):
             raise ServerBusy(_SLOWS_OTHERS)
+        return wait
 
     def _shed(self, answered: dict) -> None:
         timeout = self.limits.queue_timeout_s
@@ -169,6 +183,7 @@ class InflightEngine:
         now = self.clock()
         while self.pending and now - self.pending[0].arrived > timeout:
             request = self.pending.popleft()
+            self._observe_wait(request, now)
             answered[request.key] = ServerBusy(
                 f"Request timeout expired: waited {now - request.arrived:.1f} s to join the decoding "
                 f"batch (limit {timeout:g} s)"
@@ -177,8 +192,10 @@ class InflightEngine:
     def _admit(self, answered: dict) -> None:
         free = self.limits.max_rows - self.running_rows
         joining: dict[GenerationSettings, list[_Request]] = {}
+        now = self.clock()
         while self.pending and len(self.pending[0].items) <= free:  # in arrival order: no overtaking
             request = self.pending.popleft()
+            self._observe_wait(request, now)
             free -= len(request.items)
             joining.setdefault(request.settings, []).append(request)
         self._refuse_late_joiners(joining, answered)
@@ -199,6 +216,10 @@ class InflightEngine:
             self.cohorts.append(_Cohort(requests, steps, {r.key for r in requests}, least, most))
         if joining:
             LOG.debug("admitted %d requests; %d rows decoding", len(joining), self.running_rows)
+
+    def _observe_wait(self, request: _Request, now: float) -> None:
+        if request.forecast_wait_s is not None:
+            self.forecast.observe_wait(request.forecast_wait_s, now - request.arrived)
 
     def _refuse_late_joiners(self, joining: dict[GenerationSettings, list[_Request]], answered: dict) -> None:
         """A request about to join that can no longer finish within its own timeout, at the load it would join,

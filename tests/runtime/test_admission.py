@@ -56,3 +56,25 @@ def test_the_step_cost_follows_the_load():
 
 def test_a_request_wider_than_the_batch_is_left_to_the_caller():
     assert _forecast(1.0).wait_s(2, [], [(3, 10)]) is None
+
+
+def test_the_gap_between_steps_is_paid_once_per_step():
+    forecast = _forecast(0.5)
+    forecast.observe_gap(0.5)  # Triton rescheduling the requests in flight between two steps
+    assert forecast.decode_s(6, cohorts=3) == 6 * (3 * 0.5 + 0.5)
+    assert forecast.wait_s(4, [(10, 2)], [(1, 8), (1, 6)]) == (0.0, 12.0)
+
+
+def test_forecasts_are_scaled_by_the_worst_recent_wait_never_shortened():
+    forecast = _forecast(1.0)
+    forecast.observe_wait(8.0, 10.0)  # waited a quarter longer than forecast
+    assert forecast.bias == pytest.approx(1.25)
+    assert forecast.decode_s(10, cohorts=1) == pytest.approx(12.5)
+    forecast.observe_wait(8.0, 2.0)  # shorter waits leave the worst case standing...
+    forecast.observe_wait(0.1, 5.0)  # ...and a ratio of near-zero forecasts is noise
+    assert forecast.bias == pytest.approx(1.25)
+    for _ in range(32):
+        forecast.observe_wait(8.0, 8.0)  # ...until it is no longer recent
+    assert forecast.bias == 1.0
+    forecast.observe_wait(1.0, 100.0)  # a stalled server: bounded
+    assert forecast.bias == 4.0

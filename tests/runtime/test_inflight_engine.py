@@ -119,7 +119,7 @@ def _ticking(stage: CaptionStage, clock: Clock, step_s: float = 1.0):
 def test_a_request_forecast_to_outwait_the_queue_timeout_is_refused_at_once_and_the_admitted_are_served():
     clock, stage = Clock(), _stage()
     engine = InflightEngine(
-        _ticking(stage, clock), Limits(max_rows=1, max_queue=8, queue_timeout_s=5.0), clock
+        _ticking(stage, clock), Limits(max_rows=1, max_queue=8, queue_timeout_s=6.0), clock
     )
     _submit(engine, stage, "first", _embeds(1))
     engine.step()
@@ -130,9 +130,10 @@ def test_a_request_forecast_to_outwait_the_queue_timeout_is_refused_at_once_and_
             _submit(engine, stage, i, _embeds(i + 2))
             admitted.append(i)
         except ServerBusy as busy:
-            assert "Exceeds the queue timeout" in str(busy) and "limit 5 s" in str(busy)
+            assert "Exceeds the queue timeout" in str(busy) and "limit 6 s" in str(busy)
             refused.append(i)
-    # a cohort runs 5 steps of 1 s: the first waiter joins after 4 s, the next would wait 9 s
+    # a cohort runs 5 steps of 1 s: the first waiter joins after 4 s, within the headroom of the 6 s limit
+    # (4.5 s); the next would wait 9 s
     assert admitted == ["first", 0] and refused == list(range(1, 6))
     answers, _ = _run(engine, {"first", 0})
     assert answers[0] == stage.run(_embeds(2), [Overrides()])  # admitted, and not shed late
@@ -239,3 +240,40 @@ def test_an_answered_cohort_frees_its_session_without_the_cycle_collector():
         assert len(decoder.sessions) == 2 and [ref() for ref in decoder.sessions] == [None, None]
     finally:
         gc.enable()
+
+
+def test_the_time_between_busy_steps_is_observed_and_an_idle_pause_is_not():
+    clock, stage = Clock(), _stage()
+    engine = InflightEngine(_ticking(stage, clock), Limits(max_rows=2, queue_timeout_s=0), clock)
+    _submit(engine, stage, "first", _embeds(1))
+    engine.step()
+    clock.now += 0.5  # Triton reschedules the request still in flight
+    engine.step()
+    assert engine.forecast.gap_s == 0.5
+    _run(engine, {"first"})
+    clock.now += 100.0  # nothing in flight: the next step waits for an arrival, which is not its cost
+    _submit(engine, stage, "second", _embeds(2))
+    engine.step()
+    assert engine.forecast.gap_s < 1.0
+
+
+def test_a_request_that_waited_longer_than_forecast_corrects_later_forecasts():
+    clock, stage = Clock(), _stage()
+    engine = InflightEngine(_ticking(stage, clock), Limits(max_rows=1, queue_timeout_s=0), clock)
+    _submit(engine, stage, "first", _embeds(1))
+    engine.step()
+    _submit(engine, stage, "second", _embeds(2))  # forecast: behind the first's 4 steps left, 1 s each
+    assert engine.pending[-1].forecast_wait_s == pytest.approx(4.0)
+    while any(r.key == "second" for r in engine.pending):
+        clock.now += 1.0  # the server got slower between steps after the forecast
+        engine.step()
+    assert engine.forecast.bias > 1.0
+
+
+def test_a_forecast_wait_within_the_limit_but_past_the_headroom_is_refused():
+    clock, stage = Clock(), _stage()
+    engine = InflightEngine(_ticking(stage, clock), Limits(max_rows=1, queue_timeout_s=5.0), clock)
+    _submit(engine, stage, "first", _embeds(1))
+    engine.step()
+    with pytest.raises(ServerBusy, match="would wait about 4.0 s"):  # 4 s < 5 s, but past 0.75 x 5 s
+        _submit(engine, stage, "second", _embeds(2))

@@ -74,9 +74,13 @@ MAX_BATCH_SIZE = 16  # rows per request, and the default dynamic-batching limit 
 MAX_SOURCE_TOKENS = 256  # user text sent to the translator, in its tokens
 MAX_LENGTH = 64  # tokens per stage, prompt included: what the original deployment used
 # Load shedding per model (docs/reliability.md): queued requests beyond this, or queued longer than this, are
-# answered UNAVAILABLE at once. The export queues one batch per model instance by default.
-MAX_QUEUE_SIZE = MAX_BATCH_SIZE
-QUEUE_TIMEOUT_S = 10.0
+# answered UNAVAILABLE at once. The export queues QUEUE_BATCHES batches per model instance by default: a queued
+# request waits at most for the running batch and one more, and a closed loop of up to that many clients per
+# instance is never shed (the running batch may be small). The timeout is a backstop for a stalled model: above
+# two batches' runs, the count bound sheds the excess at once and the timeout sheds nothing.
+QUEUE_BATCHES = 2
+MAX_QUEUE_SIZE = QUEUE_BATCHES * MAX_BATCH_SIZE
+QUEUE_TIMEOUT_S = 30.0
 
 # -- defaults --------------------------------------------------------------------------------------------
 SOURCE_LANG = "en_XX"  # mBART-50 language codes

@@ -167,8 +167,8 @@ def _add_batching(export: argparse.ArgumentParser) -> None:
         "--max-queue-size",
         type=int,
         default=None,
-        help="requests each model may queue; past it a request is answered UNAVAILABLE at once (default: one "
-        "batch per model instance, so no queued request outwaits the timeout while a batch runs shorter; "
+        help="requests each model may queue; past it a request is answered UNAVAILABLE at once (default: two "
+        "batches per model instance, so no queued request outwaits the timeout while two batches run shorter; "
         "0: unbounded; docs/reliability.md)",
     )
     export.add_argument(

@@ -31,7 +31,7 @@ class RepositoryOptions:
     max_queue_delay_us: int = 2000
     # Load shedding (docs/reliability.md): each model queues at most this many requests and for at most this
     # long; past either, a request is answered UNAVAILABLE at once. 0 switches the bound off; None (the
-    # default) queues one batch per model instance, see queue_size().
+    # default) queues two batches per model instance, see queue_size().
     max_queue_size: int | None = None
     queue_timeout_s: float = contract.QUEUE_TIMEOUT_S
     # In-flight batching of the generators (captioning/runtime/inflight.py): requests join the decoding batch at
@@ -79,10 +79,12 @@ class RepositoryOptions:
             raise ValueError(f"cpu_slots must be 'auto' or an int in 0..1024, got {self.cpu_slots!r}")
 
     def queue_size(self, instances: int = 1) -> int:
-        """Requests a model may queue. By default one batch per instance: every queued request is then in the
-        next batch an instance takes, so it waits at most one batch's run and is never shed late by the queue
-        timeout while that run is shorter; a longer queue adds waiting, not throughput."""
-        return self.max_batch_size * instances if self.max_queue_size is None else self.max_queue_size
+        """Requests a model may queue. By default two batches per instance (contract.QUEUE_BATCHES): a queued
+        request then waits at most for the running batch and the next, so it is not shed late by the queue
+        timeout while two batches' runs are shorter; a longer queue adds waiting, not throughput."""
+        if self.max_queue_size is not None:
+            return self.max_queue_size
+        return contract.QUEUE_BATCHES * self.max_batch_size * instances
 
     def batching(self, instances: int = 1) -> BatchingSpec:
         return BatchingSpec(
@@ -178,7 +180,7 @@ def model_specs(
         else s
         for s in specs
     ]
-    # a model's queue holds one batch per instance (RepositoryOptions.queue_size)
+    # a model's queue holds two batches per instance (RepositoryOptions.queue_size)
     return [
         dataclasses.replace(s, batching=options.batching(s.instance_count)) if s.batching is not None else s
         for s in specs

@@ -37,8 +37,9 @@ LOG = logging.getLogger(__name__)
 Result = list[str] | Exception
 StartSteps = Callable[[list, GenerationSettings], "object"]  # (items, settings) -> stepped search of texts
 CANCEL_CHECK_S = 0.25  # is_cancelled() is a round trip to the server: ask each request at most this often
-# A request is admitted only if forecast to join within this share of the queue timeout: a forecast made while
-# the queue is short misses the slowdown a filling queue brings (measured up to a third, docs/reliability.md).
+# A request is admitted only if forecast to join within this share of the queue timeout, and to finish within
+# this share of its own: a forecast made while the queue is short misses the slowdown a filling queue brings
+# (measured up to a third, docs/reliability.md).
 HEADROOM = 0.75
 
 
@@ -162,7 +163,7 @@ class InflightEngine:
                 f"Exceeds the queue timeout: a request arriving now would wait about {wait:.1f} s to join the "
                 f"decoding batch (limit {limit:g} s, forecast from the steps timed at this load); retry later"
             )
-        if timeout_s and wait + took > timeout_s:
+        if timeout_s and wait + took > HEADROOM * timeout_s:
             raise ServerBusy(
                 f"Exceeds the request's timeout: it would wait about {wait:.1f} s and decode about {took:.1f} s, "
                 f"past its timeout of {timeout_s:g} s (forecast from the steps timed at this load); retry later"

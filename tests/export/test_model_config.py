@@ -141,14 +141,14 @@ def test_every_batched_model_sheds_load_past_its_queue(tmp_path):
         )
 
 
-def test_by_default_each_model_queues_one_batch_per_instance(tmp_path):
+def test_by_default_each_model_queues_two_batches_per_instance(tmp_path):
     options = RepositoryOptions(max_batch_size=4, instance_counts=(("translator", 3),))
     sizes = {
         s.name: read_config(s.write(tmp_path)).dynamic_batching.default_queue_policy.max_queue_size
         for s in model_specs(GRAPH_META, (96, 96), options)
         if s.batching is not None
     }
-    assert sizes["translator"] == 12 and sizes["blip_vision"] == sizes["image_preprocess"] == 4
+    assert sizes["translator"] == 24 and sizes["blip_vision"] == sizes["image_preprocess"] == 8
 
 
 def test_queue_bounds_can_be_switched_off(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from captioning.decoding import GenerationCancelled, Overrides
-from captioning.runtime.inflight import InflightEngine, Limits, ServerBusy
+from captioning.runtime.inflight import HEADROOM, InflightEngine, Limits, ServerBusy
 from captioning.runtime.stages import CaptionStage
 from captioning.runtime.tokenization import TextCodec
 
@@ -146,11 +146,12 @@ def test_a_request_forecast_to_finish_after_its_own_timeout_is_refused_at_once()
     _run(engine, {"first"})
     items, settings = stage.prepared(_embeds(2), Overrides())
     steps = settings.max_length - len(settings.prompt_ids)  # 1 s each, nothing to wait for
-    engine.submit("roomy", items, settings, timeout_s=steps + 1.0)
-    with pytest.raises(
-        ServerBusy, match="Exceeds the request's timeout: it would wait about 0.0 s and decode"
-    ):
+    refused = "Exceeds the request's timeout: it would wait about 0.0 s and decode"
+    with pytest.raises(ServerBusy, match=refused):
         engine.submit("tight", items, settings, timeout_s=steps / 2)
+    with pytest.raises(ServerBusy, match=refused):  # on time if the forecast were exact: past the headroom
+        engine.submit("snug", items, settings, timeout_s=steps + 1.0)
+    engine.submit("roomy", items, settings, timeout_s=steps / HEADROOM + 1.0)
     answers, _ = _run(engine, {"roomy"})
     assert answers["roomy"] == stage.run(_embeds(2), [Overrides()])
 

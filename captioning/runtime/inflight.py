@@ -14,8 +14,8 @@ are answered (final, failed or cancelled).
 Admission is bounded like Triton's queue policy: at most `max_rows` sources decode at once, at most
 `max_queue` requests wait, none longer than `queue_timeout_s`; past a bound a request fails with
 `ServerBusy` (UNAVAILABLE), at once. A request that would wait longer than `queue_timeout_s`, or finish after
-its own timeout, as forecast from the steps timed under the current load (`captioning.runtime.admission`), is
-refused at once too, instead of being shed when its time is up or decoded for a client that has gone; and so is
+its own timeout, as forecast from the steps timed under the current load (`captioning.runtime.admission`) with
+a quarter of headroom (`HEADROOM`), is refused at once too, instead of being shed when its time is up or decoded for a client that has gone; and so is
 a request whose joining would slow the requests already decoding past their own timeouts, so that under
 overload the engine holds the load its clients' timeouts allow and sheds the rest on arrival.
 """
@@ -161,12 +161,14 @@ class InflightEngine:
         if limit and wait > HEADROOM * limit:
             raise ServerBusy(
                 f"Exceeds the queue timeout: a request arriving now would wait about {wait:.1f} s to join the "
-                f"decoding batch (limit {limit:g} s, forecast from the steps timed at this load); retry later"
+                f"decoding batch (limit {limit:g} s, of which {HEADROOM:.0%} is admitted; forecast from the "
+                "steps timed at this load); retry later"
             )
         if timeout_s and wait + took > HEADROOM * timeout_s:
             raise ServerBusy(
                 f"Exceeds the request's timeout: it would wait about {wait:.1f} s and decode about {took:.1f} s, "
-                f"past its timeout of {timeout_s:g} s (forecast from the steps timed at this load); retry later"
+                f"past {HEADROOM:.0%} of its timeout of {timeout_s:g} s (forecast from the steps timed at this "
+                "load); retry later"
             )
         free, joining = self.limits.max_rows - self.running_rows, 0
         for rows_ahead, _ in waiting:  # those that join at the next step, each a cohort at worst

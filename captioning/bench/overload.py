@@ -92,6 +92,11 @@ def run_overload(options: OverloadOptions) -> dict:
     inputs = _inputs(options)
     _one(options, inputs[0], 300.0)  # warm up
     capacity = options.capacity or measure_capacity(options, inputs)
+    if capacity <= 0:
+        raise RuntimeError(
+            f"no request was served in the {options.capacity_s:g} s capacity window: lengthen it "
+            "(--capacity-duration) or give the capacity (--capacity)"
+        )
     rate = options.multiple * capacity
     LOG.info("capacity %.2f requests/s; offering %.2f/s for %.0f s", capacity, rate, options.duration_s)
     records: list[tuple[float, str, float]] = []

@@ -50,14 +50,9 @@ def outcome_of(exc: BaseException) -> str:
 
 
 def _inputs(options: OverloadOptions) -> list[bytes | str]:
-    from captioning.datasets import default_data_dir, read_captions
+    from captioning.bench.soak import flickr_inputs
 
-    folder = default_data_dir() / "flickr8k"
-    images = sorted((folder / "Images").glob("*.jpg"))[: options.inputs]
-    if options.kind == "image":
-        return [p.read_bytes() for p in images]
-    captions = read_captions(folder / "captions.txt")
-    return [captions[p.name][0] for p in images if captions.get(p.name)]
+    return [item for kind, item in flickr_inputs(options.inputs, options.inputs) if kind == options.kind]
 
 
 def _one(options: OverloadOptions, item: bytes | str, timeout_s: float) -> tuple[str, float]:

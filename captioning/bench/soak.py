@@ -83,14 +83,16 @@ class _Memory(threading.Thread):
         self.join()
 
 
-def _inputs(options: SoakOptions) -> list[tuple[str, object]]:
+def flickr_inputs(images: int, texts: int) -> list[tuple[str, bytes | str]]:
+    """("image", JPEG bytes) for the first `images` Flickr8k images, then ("text", its first caption) for up to
+    `texts` of them: the real traffic the soak and the overload tool send."""
     from captioning.datasets import default_data_dir, read_captions
 
     folder = default_data_dir() / "flickr8k"
-    images = sorted((folder / "Images").glob("*.jpg"))[: options.images]
+    paths = sorted((folder / "Images").glob("*.jpg"))[:images]
     captions = read_captions(folder / "captions.txt")
-    texts = [captions[p.name][0] for p in images if captions.get(p.name)][: options.texts]
-    return [("image", p.read_bytes()) for p in images] + [("text", t) for t in texts]
+    firsts = [captions[p.name][0] for p in paths if captions.get(p.name)][:texts]
+    return [("image", p.read_bytes()) for p in paths] + [("text", t) for t in firsts]
 
 
 def _call(client, kind: str, item) -> str:
@@ -103,7 +105,7 @@ def _call(client, kind: str, item) -> str:
 def run_soak(options: SoakOptions) -> dict:
     from captioning.client import CaptionClient
 
-    inputs = _inputs(options)
+    inputs = flickr_inputs(options.images, options.texts)
     pid = options.server_pid or find_server_pid()
     with CaptionClient(options.url, timeout_s=300, wait_ready_s=60) as client:
         references = [_call(client, kind, item) for kind, item in inputs]

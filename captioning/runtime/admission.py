@@ -5,13 +5,15 @@ that would only time out in the queue, or finish after its own timeout, is refus
 It is measured, not configured: what one cohort's step costs (every engine step is timed and divided by the
 cohorts it advanced: each is its own graph call), the gap between two steps (Triton rescheduling every request
 in flight and the stub's round trip: with small models, as much as the step itself), and the share of its most
-steps a cohort takes (end of sequence often comes early). What the replay still misses (the cost of a step grows
-with the requests in flight, which grow after a request was forecast) is measured too: each request that waited
-is compared with its forecast, and later forecasts are scaled by the most a recent wait outlasted its forecast
-(never shortened), so the forecast corrects itself under the load it serves, tail included. The forecast then replays the queue: each running cohort frees its rows when its
-steps left are done, the waiting requests join in arrival order as rows free, and every step costs as many
-cohort steps as cohorts would run, counting each waiting request as a cohort of its own (the worst case). Under
-a load that grows after a request joined, it forecasts short; the engine checks again when the request joins.
+steps a cohort takes (end of sequence often comes early). The forecast then replays the queue: each running
+cohort frees its rows when its steps left are done, the waiting requests join in arrival order as rows free,
+and every step costs as many cohort steps as cohorts would run, counting each waiting request as a cohort of its
+own (the worst case).
+
+What the replay misses (a step costs more as the requests in flight grow, after a request was forecast) is
+measured too: each request that waited is compared with its forecast, and later forecasts are scaled by the
+most a recent wait outlasted its forecast (never shortened), so the forecast corrects itself under the load it
+serves, tail included. The engine also checks a waiter again when it would join.
 """
 
 from __future__ import annotations

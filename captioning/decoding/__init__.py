@@ -9,11 +9,13 @@ from captioning.decoding.decoder import (
     Decoder,
     DecoderSession,
     Progress,
+    StepCall,
     Steps,
     drain,
     map_steps,
+    served,
 )
-from captioning.decoding.generate import GenerationCancelled, generate, generate_steps
+from captioning.decoding.generate import GenerationCancelled, generate, generate_calls, generate_steps
 from captioning.decoding.settings import GenerationSettings, Overrides
 from captioning.decoding.vocab import VocabMap
 
@@ -25,10 +27,13 @@ __all__ = [
     "GenerationSettings",
     "Overrides",
     "Progress",
+    "StepCall",
     "Steps",
     "VocabMap",
     "drain",
     "map_steps",
     "generate",
+    "generate_calls",
     "generate_steps",
+    "served",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from captioning.decoding.decoder import Decoder, Progress, Steps, drain
+from captioning.decoding.decoder import Calls, Decoder, Progress, StepCall, Steps, drain, served
 from captioning.decoding.settings import GenerationSettings
 from captioning.decoding.tokens import (
     beam_candidates,
@@ -22,7 +22,7 @@ from captioning.decoding.tokens import (
     topk_indices,
 )
 
-__all__ = ["beam_search"]
+__all__ = ["beam_calls", "beam_search", "beam_steps"]
 
 _NEG = np.float32(-1.0e9)
 
@@ -184,6 +184,16 @@ def beam_steps(
 ) -> Steps:
     """Beam search one step per `next()`: yields which items are final (HF's heuristic says no open beam can
     beat the finished ones, so their best hypothesis never changes again) and returns every item's best."""
+    return served(beam_calls(decoder, encoder_hidden_states, encoder_attention_mask, s))
+
+
+def beam_calls(
+    decoder: Decoder,
+    encoder_hidden_states: np.ndarray,
+    encoder_attention_mask: np.ndarray,
+    s: GenerationSettings,
+) -> Calls:
+    """`beam_steps` that also yields each forward step as a `StepCall` for its driver to answer."""
     beams = _Beams(encoder_hidden_states.shape[0], s)
     session = decoder.start(encoder_hidden_states, encoder_attention_mask, s.num_beams)
     on_device = hasattr(session, "step_candidates")
@@ -200,12 +210,13 @@ def beam_steps(
         first = False
         scoring = device_scoring(s, beams.cur_len) if on_device else None
         if scoring is not None:  # the device scores and picks: only [rows, K] candidates cross
-            values, ids, vocab = session.step_candidates(step_ids, beams.keep, scoring)
+            values, ids, vocab = yield StepCall(session, "step_candidates", (step_ids, beams.keep, scoring))
             if shared:
                 values, ids = np.repeat(values, s.num_beams, axis=0), np.repeat(ids, s.num_beams, axis=0)
             hits = beams.advance(beams.top_of(values, ids, vocab))
         else:
-            hits = beams.advance(beams.top_of_logits(flat, session.step(step_ids), shared))
+            logits = yield StepCall(session, "step", (step_ids,))
+            hits = beams.advance(beams.top_of_logits(flat, logits, shared))
         # g. reorder the cache for the surviving beams (after a shared step the cache has one row per
         # source: row b // num_beams stands for every beam of b), then decide whether to go on
         parents = beams.parents()

@@ -18,10 +18,12 @@ __all__ = [
     "Decoder",
     "DecoderSession",
     "Progress",
+    "StepCall",
     "Steps",
     "as_decoder",
     "drain",
     "map_steps",
+    "served",
 ]
 
 
@@ -37,18 +39,63 @@ class Progress:
 Steps = Generator[Progress, None, list[list[int]]]
 
 
-def map_steps(steps: Generator, convert: Callable) -> Generator:
-    """The same steps with every output (final or early) passed through `convert`."""
+@dataclasses.dataclass(frozen=True)
+class StepCall:
+    """A search's forward step, handed to whoever drives it: `session.<method>(*args)`, answered with `send()`.
+
+    Searches yield these instead of calling their session, so that a driver holding many searches (in-flight
+    batching) can run the steps of all of them as one forward pass where their sessions allow it
+    (`captioning.runtime.torch_runner.TorchStepDecoder.step_merged`); `served` answers each at once."""
+
+    session: object
+    method: str  # "step", "step_candidates" or "step_argmax"
+    args: tuple
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        return self.args[0]
+
+    def run(self):
+        return getattr(self.session, self.method)(*self.args)
+
+
+# A search that yields its forward steps (`StepCall`) as well as its progress.
+Calls = Generator["Progress | StepCall", object, list[list[int]]]
+
+
+def served(calls: Calls) -> Steps:
+    """The same search with each forward step run at once on its own session."""
+    sent = None
     while True:
         try:
-            progress = next(steps)
+            item = calls.send(sent)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(item, StepCall):
+            sent = item.run()
+        else:
+            sent = None
+            yield item
+
+
+def map_steps(steps: Generator, convert: Callable) -> Generator:
+    """The same steps with every output (final or early) passed through `convert`; forward steps (`StepCall`)
+    and what is sent back for them pass through untouched."""
+    sent = None
+    while True:
+        try:
+            item = steps.send(sent)
         except StopIteration as stop:
             return [convert(seq) for seq in stop.value]
-        yield Progress(progress.done, lambda b, out=progress.output: convert(out(b)))
+        if isinstance(item, Progress):
+            sent = yield Progress(item.done, lambda b, out=item.output: convert(out(b)))
+        else:
+            sent = yield item
 
 
-def drain(steps: Steps) -> list[list[int]]:
-    """Run a stepped search to the end."""
+def drain(steps: Steps | Calls) -> list[list[int]]:
+    """Run a search to the end (its forward steps, if it yields them, at once)."""
+    steps = served(steps)
     while True:
         try:
             next(steps)

@@ -11,13 +11,22 @@ from collections.abc import Callable
 
 import numpy as np
 
-from captioning.decoding.beam_search import beam_steps
-from captioning.decoding.decoder import Decoder, StepFunction, Steps, as_decoder, drain, map_steps
-from captioning.decoding.greedy import greedy_steps
+from captioning.decoding.beam_search import beam_calls
+from captioning.decoding.decoder import (
+    Calls,
+    Decoder,
+    StepFunction,
+    Steps,
+    as_decoder,
+    drain,
+    map_steps,
+    served,
+)
+from captioning.decoding.greedy import greedy_calls
 from captioning.decoding.settings import GenerationSettings
 from captioning.decoding.vocab import VocabMap
 
-__all__ = ["GenerationCancelled", "generate", "generate_steps"]
+__all__ = ["GenerationCancelled", "generate", "generate_calls", "generate_steps"]
 
 
 class GenerationCancelled(Exception):
@@ -86,17 +95,32 @@ def generate_steps(
     into that space here and outputs move back, so callers only ever see tokenizer ids. `should_stop` is
     asked before every step; when it answers True decoding stops with `GenerationCancelled`.
     """
+    return served(
+        generate_calls(decoder, encoder_hidden_states, encoder_attention_mask, settings, vocab, should_stop)
+    )
+
+
+def generate_calls(
+    decoder: Decoder | StepFunction,
+    encoder_hidden_states: np.ndarray,
+    encoder_attention_mask: np.ndarray,
+    settings: GenerationSettings,
+    vocab: VocabMap | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Calls:
+    """`generate_steps` that also yields each forward step (`StepCall`) for its driver to answer: in-flight
+    batching runs the steps of many searches as one forward pass."""
     settings.validate()
     if encoder_hidden_states.shape[0] != encoder_attention_mask.shape[0]:
         raise ValueError("encoder_hidden_states and encoder_attention_mask disagree on the batch size")
     if encoder_hidden_states.shape[0] == 0:
         return []
-    search = greedy_steps if settings.num_beams == 1 else beam_steps
+    search = greedy_calls if settings.num_beams == 1 else beam_calls
     inner = vocab.remap(settings) if vocab is not None else settings
     decoder = as_decoder(decoder)
     if should_stop is not None:
         decoder = _Stoppable(decoder, should_stop)
-    steps = search(decoder, encoder_hidden_states, encoder_attention_mask, inner)
+    calls = search(decoder, encoder_hidden_states, encoder_attention_mask, inner)
     if vocab is not None:  # every output moved back to tokenizer ids
-        steps = map_steps(steps, vocab.to_full)
-    return (yield from steps)
+        calls = map_steps(calls, vocab.to_full)
+    return (yield from calls)

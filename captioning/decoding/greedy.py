@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from captioning.decoding.decoder import Decoder, Progress, Steps, drain
+from captioning.decoding.decoder import Calls, Decoder, Progress, StepCall, Steps, drain, served
 from captioning.decoding.settings import GenerationSettings
 from captioning.decoding.tokens import device_scoring, greedy_tokens
 
-__all__ = ["greedy_search", "greedy_steps"]
+__all__ = ["greedy_calls", "greedy_search", "greedy_steps"]
 
 
 def greedy_search(
@@ -28,6 +28,16 @@ def greedy_steps(
 ) -> Steps:
     """Greedy search one step per `next()`: yields which items are final after each step (an item is final
     once it wrote EOS or reached max_length) and returns every item's ids."""
+    return served(greedy_calls(decoder, encoder_hidden_states, encoder_attention_mask, s))
+
+
+def greedy_calls(
+    decoder: Decoder,
+    encoder_hidden_states: np.ndarray,
+    encoder_attention_mask: np.ndarray,
+    s: GenerationSettings,
+) -> Calls:
+    """`greedy_steps` that also yields each forward step as a `StepCall` for its driver to answer."""
     batch = encoder_hidden_states.shape[0]
     ids = np.tile(np.asarray(s.prompt_ids, dtype=np.int64), (batch, 1))
     eos = np.asarray(s.eos_token_ids, dtype=np.int64)
@@ -39,10 +49,11 @@ def greedy_steps(
     while True:
         scoring = device_scoring(s, ids.shape[1]) if on_device else None
         if scoring is not None:  # only the chosen tokens cross from the device
-            best = session.step_argmax(step_ids, scoring)
+            best = yield StepCall(session, "step_argmax", (step_ids, scoring))
             next_tokens = np.where(unfinished, best, s.pad_token_id).astype(np.int64)
         else:
-            next_tokens = greedy_tokens(s, ids, session.step(step_ids), unfinished)
+            logits = yield StepCall(session, "step", (step_ids,))
+            next_tokens = greedy_tokens(s, ids, logits, unfinished)
         ids = np.concatenate([ids, next_tokens[:, None]], axis=1)
         hit = np.isin(next_tokens, eos) | (ids.shape[1] >= s.max_length)
         lengths[unfinished & hit] = ids.shape[1]

@@ -13,10 +13,17 @@ The cross-attention products put the source's keys/values on the unpacked side o
 computed transposed, values stored transposed once per source): a GEMM packs its right-hand operand, and
 packing 577 image keys per head every step cost more than multiplying them by a few beam rows (BLIP-base,
 one thread: 2.3 ms instead of 3.2 ms per layer for 3 images; docs/performance.md, run 11).
+
+*Merged steps* (`forward_merged`, the torch runner's in-flight batching): the rows of several searches of
+different ages, each with its own sources, caches and past length (a `Segment`), go through every projection,
+norm, feed-forward and the output layer as one batch, so the weights are read once per step for all of them;
+only the attention runs per segment, over that segment's own cache and sources, as its own step would run it.
+With one segment the operations are exactly those of `forward`, which is what the export traces.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -80,6 +87,77 @@ def _pairs(flat: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Ten
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
+@dataclasses.dataclass
+class Segment:
+    """One search's rows in a (merged) step: its encoder mask [B,S], per layer its cross (k, v_t) and its past
+    (k, v) (tensors or `CacheSlot`s); its rows are its past's rows."""
+
+    encoder_attention_mask: torch.Tensor
+    cross: list[tuple[torch.Tensor, torch.Tensor]]
+    past: list[tuple]
+
+    @classmethod
+    def of(cls, encoder_attention_mask: torch.Tensor, flat: tuple, layers: int) -> Segment:
+        return cls(encoder_attention_mask, _pairs(flat[: 2 * layers]), _pairs(flat[2 * layers :]))
+
+    @property
+    def rows(self) -> int:
+        return self.past[0][0].shape[0]
+
+
+def _split(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    return (x,) if len(sizes) == 1 else torch.split(x, sizes, dim=0)
+
+
+def _join(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def _positions(input_ids: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
+    """The new tokens' positions: [1, T] for one segment (as the export traces it), else [N, T] per row."""
+    if len(segments) == 1:
+        return new_positions(input_ids, segments[0].past[0][0]).unsqueeze(0)
+    return torch.cat(
+        [new_positions(input_ids, g.past[0][0]).unsqueeze(0).expand(g.rows, -1) for g in segments], dim=0
+    )
+
+
+def _keeps(input_ids: torch.Tensor, segments: list[Segment]) -> list[torch.Tensor]:
+    parts = _split(input_ids, [g.rows for g in segments])
+    return [causal_keep(ids, g.past[0][0]) for ids, g in zip(parts, segments, strict=True)]
+
+
+def _self_attention(q, k, v, segments, layer, keeps, head_dim, multiply):
+    """Each segment's rows attend to their own cache; returns the context [N,H,T,Dh] and each segment's
+    present (k, v)."""
+    sizes = [g.rows for g in segments]
+    contexts, present = [], []
+    for g, qi, ki, vi, keep in zip(
+        segments, _split(q, sizes), _split(k, sizes), _split(v, sizes), keeps, strict=True
+    ):
+        pk, pv = g.past[layer]
+        context, k_all, v_all = self_attention(qi, ki, vi, pk, pv, keep, head_dim, multiply)
+        contexts.append(context)
+        present.append((k_all, v_all))
+    return _join(contexts), present
+
+
+def _cross_attention(q, segments, layer, mask_adds, head_dim, multiply):
+    """Each segment's rows attend to their own sources."""
+    parts = _split(q, [g.rows for g in segments])
+    return _join(
+        [
+            grouped_cross_attention(qi, *g.cross[layer], mask_add, head_dim, multiply)
+            for qi, g, mask_add in zip(parts, segments, mask_adds, strict=True)
+        ]
+    )
+
+
+def _flat_present(present: list[list[tuple]]) -> list[torch.Tensor]:
+    """The first segment's present as the graph returns it: its k, v per layer (`present[layer][segment]`)."""
+    return [t for per_segment in present for t in per_segment[0]]
+
+
 class BlipCrossKV(nn.Module):
     """image_embeds [B,S,D] -> per layer cross-attention key [B,H,S,Dh] and value [B,H,Dh,S]."""
 
@@ -110,38 +188,44 @@ class BlipTextStep(nn.Module):
         self.head_dim = model.config.text_config.hidden_size // self.heads
 
     def forward(self, input_ids, encoder_attention_mask, *flat):
-        count = len(self.layers)
-        cross, past = _pairs(flat[: 2 * count]), _pairs(flat[2 * count :])
-        positions = new_positions(input_ids, past[0][0]).unsqueeze(0)
+        segment = Segment.of(encoder_attention_mask, flat, len(self.layers))
+        logits, present = self.forward_merged(input_ids, [segment])
+        return (logits, *_flat_present(present))
+
+    def forward_merged(self, input_ids, segments: list[Segment]):
+        """input_ids [N,T], the segments' rows in order -> logits [N,V], per layer each segment's present."""
+        positions = _positions(input_ids, segments)
         hidden = self.embeddings(input_ids=input_ids, position_ids=positions)
-        keep = causal_keep(input_ids, past[0][0])
+        keeps = _keeps(input_ids, segments)
         # transformers 4.57's BLIP cross-attention never applies encoder_attention_mask (images are not padded);
         # keep the input so both decoders share one interface, and compute exactly what transformers computes.
-        hidden = hidden + 0.0 * encoder_attention_mask.sum().to(hidden.dtype)
+        for g in segments:
+            hidden = hidden + 0.0 * g.encoder_attention_mask.sum().to(hidden.dtype)
+        no_masks = [None] * len(segments)
         present = []
-        for layer, (ck, cv), (pk, pv) in zip(self.layers, cross, past, strict=True):
+        for index, layer in enumerate(self.layers):
             attn = layer.attention.self
             q = _heads(attn.query(hidden), self.heads)
-            context, k, v = self_attention(
+            context, kv = _self_attention(
                 q,
                 _heads(attn.key(hidden), self.heads),
                 _heads(attn.value(hidden), self.heads),
-                pk,
-                pv,
-                keep,
+                segments,
+                index,
+                keeps,
                 self.head_dim,
                 multiply=False,
             )
-            present += [k, v]
+            present.append(kv)
             hidden = layer.attention.output(_merge(context), hidden)
             q = _heads(layer.crossattention.self.query(hidden), self.heads)
-            context = grouped_cross_attention(q, ck, cv, None, self.head_dim, multiply=False)
+            context = _cross_attention(q, segments, index, no_masks, self.head_dim, multiply=False)
             hidden = layer.crossattention.output(_merge(context), hidden)
             hidden = layer.output(layer.intermediate(hidden), hidden)
         # 2-D from here on: indexing the [N, 1, V] logits afterwards copies them (25 MB a step for mBART).
         last = self.head.transform(hidden[:, -1, :])
         logits = linear_2d(last, self.head.decoder.weight, self.head.decoder.bias)
-        return (logits, *present)
+        return logits, present
 
 
 class MBartCrossKV(nn.Module):
@@ -173,40 +257,47 @@ class MBartStep(nn.Module):
         self.head_dim = model.config.d_model // self.heads
 
     def forward(self, input_ids, encoder_attention_mask, *flat):
+        segment = Segment.of(encoder_attention_mask, flat, len(self.decoder.layers))
+        logits, present = self.forward_merged(input_ids, [segment])
+        return (logits, *_flat_present(present))
+
+    def forward_merged(self, input_ids, segments: list[Segment]):
+        """input_ids [N,T], the segments' rows in order -> logits [N,V], per layer each segment's present."""
         decoder = self.decoder
-        count = len(decoder.layers)
-        cross, past = _pairs(flat[: 2 * count]), _pairs(flat[2 * count :])
-        positions = new_positions(input_ids, past[0][0])
-        hidden = decoder.embed_tokens(input_ids) + decoder.embed_positions.weight[positions + 2].unsqueeze(0)
+        positions = _positions(input_ids, segments)
+        hidden = decoder.embed_tokens(input_ids) + decoder.embed_positions.weight[positions + 2]
         hidden = decoder.layernorm_embedding(hidden)
-        keep = causal_keep(input_ids, past[0][0])
+        keeps = _keeps(input_ids, segments)
         dtype = hidden.dtype
-        mask_add = (1.0 - encoder_attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        mask_adds = [
+            (1.0 - g.encoder_attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+            for g in segments
+        ]
         present = []
-        for layer, (ck, cv), (pk, pv) in zip(decoder.layers, cross, past, strict=True):
+        for index, layer in enumerate(decoder.layers):
             residual = hidden
             x = layer.self_attn_layer_norm(hidden)
             attn = layer.self_attn
-            context, k, v = self_attention(
+            context, kv = _self_attention(
                 _heads(attn.q_proj(x), self.heads),
                 _heads(attn.k_proj(x), self.heads),
                 _heads(attn.v_proj(x), self.heads),
-                pk,
-                pv,
-                keep,
+                segments,
+                index,
+                keeps,
                 self.head_dim,
                 multiply=True,
             )
-            present += [k, v]
+            present.append(kv)
             hidden = residual + attn.out_proj(_merge(context))
             residual = hidden
             x = layer.encoder_attn_layer_norm(hidden)
             q = _heads(layer.encoder_attn.q_proj(x), self.heads)
-            context = grouped_cross_attention(q, ck, cv, mask_add, self.head_dim, multiply=True)
+            context = _cross_attention(q, segments, index, mask_adds, self.head_dim, multiply=True)
             hidden = residual + layer.encoder_attn.out_proj(_merge(context))
             residual = hidden
             x = layer.final_layer_norm(hidden)
             hidden = residual + layer.fc2(layer.activation_fn(layer.fc1(x)))
         last = decoder.layer_norm(hidden[:, -1, :])
         logits = linear_2d(last, self.lm_head.weight, self.final_logits_bias.reshape(-1))
-        return (logits, *present)
+        return logits, present

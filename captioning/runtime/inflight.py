@@ -6,10 +6,12 @@ so every `execute` is one step for the requests in flight, and requests not yet 
 the next one, beside newly arrived requests. This module is the plain part: no Triton import.
 
 Requests admitted at the same step and sharing settings form a *cohort*, one `generate()` batch run a step at
-a time (`captioning.decoding.generate_steps`), so every answer is token for token `generate()`'s. Cohorts of
-different ages step in the same `execute` but in separate graph calls: their caches have different lengths,
-and the exported step graphs take one past length per call. A cohort stops computing when all its requests
-are answered (final, failed or cancelled).
+a time (`captioning.decoding.generate_calls`), so every answer is token for token `generate()`'s. Every cohort
+steps in each `execute`: the engine collects each cohort's forward step and answers them together
+(`captioning.runtime.merging`), in one forward pass where the decoder can merge them (the torch runner: each
+cohort attends to its own caches, every weight product covers all rows) and one graph call per cohort where it
+cannot (the exported ONNX step graphs take one past length per call). A cohort stops computing when all its
+requests are answered (final, failed or cancelled).
 
 Admission is bounded like Triton's queue policy: at most `max_rows` sources decode at once, at most
 `max_queue` requests wait, none longer than `queue_timeout_s`; past a bound a request fails with
@@ -29,18 +31,21 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 
 from captioning import contract
-from captioning.decoding import GenerationCancelled, GenerationSettings, Progress
+from captioning.decoding import GenerationCancelled, GenerationSettings, Progress, StepCall
 from captioning.runtime.admission import WaitForecast
+from captioning.runtime.merging import run_calls
 
 LOG = logging.getLogger(__name__)
 
 Result = list[str] | Exception
-StartSteps = Callable[[list, GenerationSettings], "object"]  # (items, settings) -> stepped search of texts
+# (items, settings) -> a search of texts run a step per `send()`, yielding its forward steps (`StepCall`)
+StartSteps = Callable[[list, GenerationSettings], "object"]
 CANCEL_CHECK_S = 0.25  # is_cancelled() is a round trip to the server: ask each request at most this often
 # A request is admitted only if forecast to join within this share of the queue timeout, and to finish within
 # this share of its own: a forecast made while the queue is short misses the slowdown a filling queue brings
 # (measured up to a third, docs/reliability.md).
 HEADROOM = 0.75
+REPORT_S = 60.0  # how often a busy engine logs what it did
 
 
 class ServerBusy(Exception):
@@ -75,12 +80,13 @@ class _Request:
 @dataclasses.dataclass
 class _Cohort:
     requests: list[_Request]
-    steps: object  # generator of Progress, returning every item's text
+    steps: object  # generator of StepCall and Progress, returning every item's text
     open: set = dataclasses.field(default_factory=set)  # keys not answered yet
     least: int = 0  # new tokens its settings force and allow
     most: int = 0
     done: int = 0  # steps taken
     finished: bool = False  # ran to its final answers (not ended by cancellation or a failure)
+    call: StepCall | None = None  # its forward step, waiting to be answered
 
     @property
     def rows(self) -> int:
@@ -96,6 +102,9 @@ class InflightEngine:
         self.next_cancel_check = 0.0
         self.forecast = WaitForecast()
         self.busy_since: float | None = None  # when the last step ended, if it left requests in flight
+        self.passes = 0  # forward passes run (merged or not)
+        self.cohort_steps = 0  # forward steps the cohorts asked for; more than `passes` where they merged
+        self.next_report: float | None = None
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self.known
@@ -135,8 +144,7 @@ class InflightEngine:
         started, stepping = self.clock(), len(self.cohorts)
         if self.busy_since is not None:  # the server ran this step as soon as it could: the gap is its cost
             self.forecast.observe_gap(started - self.busy_since)
-        for cohort in list(self.cohorts):
-            self._advance(cohort, answered)
+        self._advance(answered)
         ended = self.clock()
         if stepping:  # what a cohort's step costs at this load: the forecast's unit
             self.forecast.observe_step(ended - started, stepping)
@@ -280,35 +288,79 @@ class InflightEngine:
                     answered[request.key] = gone
 
     # -- decoding -----------------------------------------------------------------------------------------
-    def _advance(self, cohort: _Cohort, answered: dict) -> None:
-        if cohort.open:
-            try:
-                progress: Progress = next(cohort.steps)  # type: ignore[call-overload]
-            except StopIteration as stop:
-                for request in cohort.requests:
-                    if request.key in cohort.open:
-                        answered[request.key] = stop.value[
-                            request.offset : request.offset + len(request.items)
-                        ]
-                cohort.open.clear()
-                cohort.finished = True
-            except Exception as exc:  # a failed step fails its cohort only
-                LOG.exception("a decode step failed for %d requests", len(cohort.open))
-                answered.update((key, exc) for key in cohort.open)
-                cohort.open.clear()
+    def _advance(self, answered: dict) -> None:
+        """One step of every cohort: each runs to its forward step, all forward steps are answered together,
+        and each runs on to its progress."""
+        for cohort in list(self.cohorts):
+            if cohort.open and cohort.call is None:
+                self._send(cohort, None, answered)
+        waiting = [c for c in self.cohorts if c.open and c.call is not None]
+        results, passes = run_calls([c.call for c in waiting])
+        self._count(len(waiting), passes)
+        for cohort, result in zip(waiting, results, strict=True):
+            cohort.call = None
+            if isinstance(result, Exception):  # its forward step failed: this cohort only
+                LOG.error("a decode step failed for %d requests: %s", len(cohort.open), result)
+                self._fail(cohort, result, answered)
             else:
-                cohort.done += 1
-                for request in cohort.requests:
-                    rows = range(request.offset, request.offset + len(request.items))
-                    if request.key in cohort.open and all(progress.done[i] for i in rows):
-                        answered[request.key] = [progress.output(i) for i in rows]
-                        cohort.open.discard(request.key)
-                        cohort.finished = not cohort.open
-        if not cohort.open:  # everyone answered: stop computing its rows
+                self._send(cohort, result, answered)
+        for cohort in [c for c in self.cohorts if not c.open]:  # everyone answered: stop computing its rows
             cohort.steps.close()  # type: ignore[attr-defined]
             if cohort.finished:
                 self.forecast.observe_cohort(cohort.done, cohort.most)
             self.cohorts.remove(cohort)
+
+    def _count(self, steps: int, passes: int) -> None:
+        if passes < steps and self.passes == self.cohort_steps:
+            LOG.info(
+                "merged the forward steps of %d cohorts into %d passes (and so from here on)", steps, passes
+            )
+        self.cohort_steps += steps
+        self.passes += passes
+        now = self.clock()
+        if self.next_report is None:
+            self.next_report = now + REPORT_S
+        elif now >= self.next_report:
+            self.next_report = now + REPORT_S
+            LOG.info(
+                "in flight: %d cohort steps in %d forward passes so far; %d rows decoding, %d requests waiting",
+                self.cohort_steps,
+                self.passes,
+                self.running_rows,
+                len(self.pending),
+            )
+
+    def _send(self, cohort: _Cohort, value: object, answered: dict) -> None:
+        """Run the cohort's search to its next forward step (kept in `cohort.call`) or its next progress."""
+        try:
+            item = cohort.steps.send(value)  # type: ignore[attr-defined]
+        except StopIteration as stop:
+            for request in cohort.requests:
+                if request.key in cohort.open:
+                    answered[request.key] = stop.value[request.offset : request.offset + len(request.items)]
+            cohort.open.clear()
+            cohort.finished = True
+            return
+        except Exception as exc:  # a failed step fails its cohort only
+            LOG.exception("a decode step failed for %d requests", len(cohort.open))
+            self._fail(cohort, exc, answered)
+            return
+        if isinstance(item, StepCall):
+            cohort.call = item
+            return
+        progress: Progress = item  # type: ignore[assignment]
+        cohort.done += 1
+        for request in cohort.requests:
+            rows = range(request.offset, request.offset + len(request.items))
+            if request.key in cohort.open and all(progress.done[i] for i in rows):
+                answered[request.key] = [progress.output(i) for i in rows]
+                cohort.open.discard(request.key)
+                cohort.finished = not cohort.open
+
+    @staticmethod
+    def _fail(cohort: _Cohort, exc: Exception, answered: dict) -> None:
+        answered.update((key, exc) for key in cohort.open)
+        cohort.open.clear()
 
 
 def _bounds(settings: GenerationSettings) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from captioning.decoding import (
     Overrides,
     VocabMap,
     drain,
-    generate_steps,
+    generate_calls,
     map_steps,
 )
 from captioning.runtime.graphs import GraphRunner
@@ -140,7 +140,8 @@ class CaptionStage:
         return list(embeds), self.settings.with_overrides(options)
 
     def steps(self, embeds: list, settings: GenerationSettings, stop: Cancelled | None = None):
-        """The captions of `embeds`, decoded a step per `next()` (`captioning.decoding.Steps` of texts)."""
+        """The captions of `embeds`, decoded a step per `send()`, yielding each forward step (`StepCall`)
+        for the caller to answer (`captioning.decoding.drain` answers them at once)."""
         if isinstance(embeds[0], np.ndarray):
             states = np.stack(embeds).astype(np.float32, copy=False)
         else:  # torch tensors on the decoder's device (GPU repositories, through DLPack): they stay there
@@ -148,7 +149,7 @@ class CaptionStage:
 
             states = torch.stack(embeds)
         mask = np.ones(tuple(states.shape[:2]), dtype=np.int64)
-        steps = generate_steps(self.decoder, states, mask, settings, should_stop=stop)
+        steps = generate_calls(self.decoder, states, mask, settings, should_stop=stop)
         return map_steps(steps, self.codec.decode)
 
     def _caption(
@@ -210,10 +211,10 @@ class TranslationStage:
         return [self._encode_text(item) for item in texts], settings
 
     def steps(self, token_ids: list[list[int]], settings: GenerationSettings, stop: Cancelled | None = None):
-        """The translations of `token_ids`, decoded a step per `next()` (the encoder runs at once)."""
+        """The translations of `token_ids`, decoded as `CaptionStage.steps` decodes (the encoder runs at once)."""
         ids, mask = self.codec.pad(token_ids)
         states = self.encode(ids, mask)
-        steps = generate_steps(self.decoder, states, mask, settings, self.vocab, should_stop=stop)
+        steps = generate_calls(self.decoder, states, mask, settings, self.vocab, should_stop=stop)
         return map_steps(steps, self.codec.decode)
 
     def _translate(

@@ -7,6 +7,10 @@ search needs comes back: each row's top candidates (beam search) or its chosen t
 log-softmax, the simple processors and top-k computed there as `generate()` computes them on that device; the
 full logits only where a processor needs whole rows. Beam reordering is a gather on the device. fp32 is exact mode (TF32 off); bf16
 and fp16 are opt-in fast modes.
+
+In-flight batching steps many sessions of one decoder at once (`TorchStepDecoder.step_merged`): one forward
+pass whose weight products cover every session's rows, each session attending to its own caches and sources
+(`captioning.modules.steps.forward_merged`), then each session's own scoring of its own rows.
 """
 
 from __future__ import annotations
@@ -124,6 +128,31 @@ class TorchStepDecoder:
         mask = torch.from_numpy(np.ascontiguousarray(encoder_attention_mask, dtype=np.int64)).to(self.device)
         return TorchSession(self, cross, mask, slots)
 
+    def step_merged(self, calls: list) -> list:
+        """Answer the `StepCall`s of several of this decoder's sessions (same new length) with one forward
+        pass; each gets what its own call would return. If the pass fails, no cache has moved."""
+        import torch
+
+        from captioning.modules.steps import Segment
+
+        sessions = [call.session for call in calls]
+        lengths = [[slot.length for slot in session.slots] for session in sessions]
+        ids = np.concatenate([call.input_ids for call in calls]).astype(np.int64, copy=False)
+        try:
+            with torch.inference_mode():
+                segments = [Segment.of(s.mask, (*s.cross, *s.slots), self.layers) for s in sessions]
+                logits, _ = self.step.forward_merged(torch.from_numpy(ids).to(self.device), segments)
+                parts = torch.split(logits.float(), [len(call.input_ids) for call in calls])
+                return [
+                    session.answer(call.method, part, call.args[1:])
+                    for session, call, part in zip(sessions, calls, parts, strict=True)
+                ]
+        except BaseException:
+            for session, kept in zip(sessions, lengths, strict=True):
+                for slot, length in zip(session.slots, kept, strict=True):
+                    slot.length = length
+            raise
+
 
 class TorchSession:
     """One `generate()` call's state on the device."""
@@ -138,24 +167,31 @@ class TorchSession:
         with torch.inference_mode():
             return self.decoder.step(ids, self.mask, *self.cross, *self.slots)[0].float()
 
+    def answer(self, method: str, logits, args: tuple):
+        """What `method` returns, from this session's rows of a step's float32 logits."""
+        import torch
+
+        with torch.inference_mode():
+            if method == "step":  # the full last-position logits on the host (a processor needs whole rows)
+                return logits.cpu().numpy()
+            if method == "step_candidates":  # log-softmax, simple processors and top-k, as generate() there
+                k, scoring = args
+                scores = _scored(torch.log_softmax(logits, dim=-1), scoring)
+                values, ids = torch.topk(scores, k, dim=-1)
+                return values.cpu().numpy(), ids.cpu().numpy(), scores.shape[-1]
+            if method == "step_argmax":
+                (scoring,) = args
+                return _scored(logits, scoring).argmax(dim=-1).cpu().numpy()
+        raise ValueError(f"unknown step method {method!r}")
+
     def step(self, input_ids: np.ndarray) -> np.ndarray:
-        """The full last-position logits on the host (where a processor needs whole rows)."""
-        return self._logits(input_ids).cpu().numpy()
+        return self.answer("step", self._logits(input_ids), ())
 
     def step_candidates(self, input_ids: np.ndarray, k: int, scoring) -> tuple[np.ndarray, np.ndarray, int]:
-        """log-softmax, the step's simple processors and top-k on the device, as `generate()` does there."""
-        import torch
-
-        with torch.inference_mode():
-            scores = _scored(torch.log_softmax(self._logits(input_ids), dim=-1), scoring)
-            values, ids = torch.topk(scores, k, dim=-1)
-        return values.cpu().numpy(), ids.cpu().numpy(), scores.shape[-1]
+        return self.answer("step_candidates", self._logits(input_ids), (k, scoring))
 
     def step_argmax(self, input_ids: np.ndarray, scoring) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return _scored(self._logits(input_ids), scoring).argmax(dim=-1).cpu().numpy()
+        return self.answer("step_argmax", self._logits(input_ids), (scoring,))
 
     def reorder(self, rows: np.ndarray) -> None:
         import torch

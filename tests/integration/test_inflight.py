@@ -1,6 +1,7 @@
 """In-flight batching through a real tritonserver (`export --inflight`): requests that arrive while others
 decode join at the next step, a short request overtakes a long one, every answer is `generate()`'s, and a bad
-request joining a running batch fails alone."""
+request joining a running batch fails alone; the same with the generators on the torch runner, whose cohorts
+share one forward pass per step."""
 
 from __future__ import annotations
 
@@ -36,6 +37,56 @@ def inflight_server(fixture_checkpoints, tmp_path_factory):
     assert "iterative_sequence: true" in config and "dynamic_batching" not in config
     with serve(repository, tmp_path_factory.mktemp("server-inflight")) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def torch_inflight_server(fixture_checkpoints, tmp_path_factory):
+    """The in-flight repository with its generators switched to the torch runner on this CPU: the code a GPU
+    repository's generators run (merged in-flight steps), served by the pip tritonserver, which has no GPU and
+    no onnxruntime backend for a whole GPU repository."""
+    from captioning.decoding import Overrides
+    from captioning.export.build import BuildOptions, build_repository
+    from captioning.export.repository import RepositoryOptions
+
+    output = tmp_path_factory.mktemp("export-inflight-torch") / "repository"
+    options = BuildOptions(
+        progress=False,
+        translation=Overrides(max_new_tokens=FIXED, min_new_tokens=FIXED),
+        repository=RepositoryOptions(inflight=True),
+    )
+    repository = build_repository(fixture_checkpoints.blip, fixture_checkpoints.mbart, output, options)
+    _to_torch_runner(repository, fixture_checkpoints)
+    with serve(repository, tmp_path_factory.mktemp("server-inflight-torch")) as running:
+        yield running
+
+
+def _to_torch_runner(repository, checkpoints) -> None:
+    import json
+    import shutil
+
+    from google.protobuf import text_format
+
+    from captioning import contract
+    from captioning.export.model_config import read_config
+
+    for model, kind, checkpoint in (
+        (contract.CAPTION_MODEL, "blip", checkpoints.blip),
+        (contract.TRANSLATOR_MODEL, "mbart", checkpoints.mbart),
+    ):
+        path = repository / model / "config.pbtxt"
+        config = read_config(path)
+        for key, value in (
+            (contract.PARAM_DECODER_RUNNER, contract.TORCH_RUNNER),
+            (contract.PARAM_DEVICE, "cpu"),
+            (contract.PARAM_PRECISION, "fp32"),
+        ):
+            config.parameters[key].string_value = value
+        path.write_text(text_format.MessageToString(config))
+        shutil.copytree(checkpoint, repository / model / "1" / "checkpoint")
+        graphs_path = repository / model / "1" / "graphs.json"
+        graphs = json.loads(graphs_path.read_text())
+        graphs["checkpoint"] = {"kind": kind, "dir": "checkpoint"}
+        graphs_path.write_text(json.dumps(graphs))
 
 
 def _fixed_translation(reference, text: str, beams: int | None = None, tokens: int = FIXED) -> str:
@@ -89,6 +140,30 @@ def test_staggered_requests_equal_generate(inflight_server, reference, image_byt
         english = reference.caption(data, options[i % 2].caption_num_beams)
         pairs.append(((result.english, result.arabic), (english, _fixed_translation(reference, english))))
     assert_all_equal(pairs, "captions decoded in flight")
+
+
+def test_on_the_torch_runner_staggered_requests_share_steps_and_equal_generate(
+    torch_inflight_server, reference, image_bytes
+):
+    images = image_bytes[24:48]
+    options = [GenerationOptions(caption_num_beams=3), GenerationOptions()]
+    with CaptionClient(torch_inflight_server.grpc_url, timeout_s=300) as client:
+        jobs = [
+            (lambda data=data, o=options[i % 2]: client.caption(data, options=o))
+            for i, data in enumerate(images)
+        ]
+        jobs.append(lambda: client.translate("A cat .", options=GenerationOptions(translation_num_beams=99)))
+        results = _staggered(jobs, spread_s=2.0)
+    assert isinstance(results[-1], InvalidInputError), results[-1]
+    assert "translation_num_beams must be in 1..8, got 99" in str(results[-1])
+    pairs = []
+    for i, (result, data) in enumerate(zip(results[:-1], images, strict=True)):
+        assert not isinstance(result, Exception), result
+        english = reference.caption(data, options[i % 2].caption_num_beams)
+        pairs.append(((result.english, result.arabic), (english, _fixed_translation(reference, english))))
+    assert_all_equal(pairs, "captions decoded in flight on the torch runner")
+    log = (torch_inflight_server.options.log_file).read_text()
+    assert "merged" in log, "no forward pass merged cohorts"
 
 
 def test_a_short_request_overtakes_a_long_one_and_a_bad_one_fails_alone(

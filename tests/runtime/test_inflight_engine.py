@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from captioning.decoding import GenerationCancelled, Overrides
+from captioning.decoding import GenerationCancelled, Overrides, served
 from captioning.runtime.inflight import HEADROOM, InflightEngine, Limits, ServerBusy
 from captioning.runtime.stages import CaptionStage
 from captioning.runtime.tokenization import TextCodec
@@ -97,10 +97,11 @@ def test_a_full_queue_is_refused_at_once_and_a_stale_wait_is_shed():
 
 
 def _ticking(stage: CaptionStage, clock: Clock, step_s: float = 1.0):
-    """The stage's steps, each costing `step_s` of the engine's clock."""
+    """The stage's steps, each costing `step_s` of the engine's clock (a search that answers its own forward
+    steps: the engine drives those too)."""
 
     def start(items, settings):
-        steps = stage.steps(items, settings)
+        steps = served(stage.steps(items, settings))
 
         def run():
             while True:

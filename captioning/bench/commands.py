@@ -106,6 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_make_checkpoints(subparsers)
     register_verify(subparsers)
     register_gpu_check(subparsers)
+    register_inflight_bench(subparsers)
 
 
 def _add_inputs(models, defaults: BenchOptions) -> None:
@@ -281,3 +282,48 @@ def register_gpu_check(subparsers: argparse._SubParsersAction) -> None:
         "--smoke", action="store_true", help="tiny inputs, fixture checkpoints (plumbing only)"
     )
     check.set_defaults(func=_gpu_check)
+
+
+def _inflight_bench(args: argparse.Namespace) -> int:
+    from captioning.bench.inflight import InflightBenchOptions, format_rows, run_inflight_bench
+
+    options = InflightBenchOptions(
+        translator=args.translator,
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+        clients=args.clients,
+        requests=args.requests,
+        beams=args.beams,
+        tokens=args.tokens,
+        output_dir=args.output_dir,
+    )
+    results = run_inflight_bench(options)
+    print(format_rows(results))
+    print(f"\nresults: {args.output_dir / 'results.json'}\nplot: {args.output_dir / 'inflight.png'}")
+    return 0 if all(row["equal_to_batch"] == row["sentences"] for row in results["rows"]) else 1
+
+
+def register_inflight_bench(subparsers: argparse._SubParsersAction) -> None:
+    from captioning.bench.inflight import InflightBenchOptions
+
+    defaults = InflightBenchOptions()
+    bench = subparsers.add_parser(
+        "bench-inflight",
+        help="translation on the torch runner: batch decoding against in-flight batching with cohorts apart and "
+        "merged, in process (exits 1 if any row's tokens differ from batch decoding)",
+    )
+    bench.add_argument(
+        "--translator", help="mBART checkpoint dir or hub id (default: the full-size bench one)"
+    )
+    bench.add_argument("--device", default=defaults.device, help="cpu, cuda or cuda:N")
+    bench.add_argument("--precision", default=defaults.precision, choices=["fp32", "bf16", "fp16"])
+    bench.add_argument(
+        "--threads", type=int, default=defaults.threads, help="CPU threads (0: torch's default)"
+    )
+    bench.add_argument("--clients", type=int, default=defaults.clients, help="closed-loop clients")
+    bench.add_argument("--requests", type=int, default=defaults.requests, help="sentences in all")
+    bench.add_argument("--beams", type=int, default=defaults.beams)
+    bench.add_argument("--tokens", type=int, default=defaults.tokens, help="new tokens per sentence (forced)")
+    bench.add_argument("--output-dir", type=Path, default=defaults.output_dir)
+    bench.set_defaults(func=_inflight_bench)

@@ -94,8 +94,11 @@ class _Cohort:
 
 
 class InflightEngine:
-    def __init__(self, start: StartSteps, limits: Limits = Limits(), clock=time.monotonic) -> None:
+    def __init__(
+        self, start: StartSteps, limits: Limits = Limits(), clock=time.monotonic, merge: bool = True
+    ) -> None:
         self.start, self.limits, self.clock = start, limits, clock
+        self.merge = merge  # one forward pass per step where the decoder can (False: one per cohort)
         self.pending: deque[_Request] = deque()
         self.cohorts: list[_Cohort] = []
         self.known: set = set()
@@ -295,7 +298,7 @@ class InflightEngine:
             if cohort.open and cohort.call is None:
                 self._send(cohort, None, answered)
         waiting = [c for c in self.cohorts if c.open and c.call is not None]
-        results, passes = run_calls([c.call for c in waiting])
+        results, passes = run_calls([c.call for c in waiting], self.merge)
         self._count(len(waiting), passes)
         for cohort, result in zip(waiting, results, strict=True):
             cohort.call = None

@@ -21,12 +21,13 @@ def _merger(call: StepCall):
     return getattr(getattr(call.session, "decoder", None), "step_merged", None)
 
 
-def run_calls(calls: Sequence[StepCall]) -> tuple[list[object], int]:
-    """Each call's result (or the exception it raised), and how many forward passes that took."""
+def run_calls(calls: Sequence[StepCall], merge: bool = True) -> tuple[list[object], int]:
+    """Each call's result (or the exception it raised), and how many forward passes that took (`merge`
+    False: one per call, to measure what merging buys)."""
     results: list[object] = [None] * len(calls)
     groups: dict[tuple, list[int]] = {}
     for i, call in enumerate(calls):
-        merges = _merger(call) is not None
+        merges = merge and _merger(call) is not None
         key = (id(call.session.decoder), call.input_ids.shape[1]) if merges else ("alone", i)
         groups.setdefault(key, []).append(i)
     passes = 0

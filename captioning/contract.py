@@ -102,7 +102,8 @@ PARAM_INFLIGHT = "inflight"  # "1": on
 PARAM_INFLIGHT_ROWS = "inflight_rows"
 PARAM_MAX_QUEUE_SIZE = "max_queue_size"
 PARAM_QUEUE_TIMEOUT_S = "queue_timeout_s"
-# How generators reach their graphs on CPU: ONNX Runtime in their own process, or other Triton models over BLS.
-DECODER_RUNNERS = ("inprocess", "bls")
-TORCH_RUNNER = "torch"  # GPU repositories: the checkpoints' PyTorch modules in the generator's process
+# How generators decode on CPU: their ONNX graphs in ONNX Runtime in their own process, other Triton models over
+# BLS, or the checkpoints' PyTorch modules in their own process (the torch runner: what GPU repositories use).
+TORCH_RUNNER = "torch"
+DECODER_RUNNERS = ("inprocess", "bls", TORCH_RUNNER)
 TARGETS = ("cpu", "gpu")

@@ -121,7 +121,7 @@ class ModelContext:
             return OrtRunner(self.repository / file, intra_op_threads=self.threads)
         raise ValueError(
             f"unknown {contract.PARAM_DECODER_RUNNER} {self.runner_kind!r}; "
-            f"expected one of {', '.join((*contract.DECODER_RUNNERS, contract.TORCH_RUNNER))}"
+            f"expected one of {', '.join(contract.DECODER_RUNNERS)}"
         )
 
     def step_decoder(self, graphs: dict, max_length: int):

@@ -48,6 +48,12 @@ class BuildOptions:
             )
         if self.target == "gpu" and self.translator_vocab is not None:
             raise ValueError("--translator-vocab is a CPU mode; GPU repositories decode the full vocabulary")
+        torch_cpu = self.target == "cpu" and self.repository.decoder_runner == contract.TORCH_RUNNER
+        if torch_cpu and (self.precision != "fp32" or self.translator_vocab is not None):
+            raise ValueError(
+                "--decoder-runner torch serves the checkpoints' modules in fp32 over the full vocabulary: "
+                "drop --precision int8 and --translator-vocab, or use the ONNX runner"
+            )
         if not 2 <= self.max_length <= 1024:
             raise ValueError(f"max_length must be in 2..1024, got {self.max_length}")
         self.repository.validate()
@@ -148,9 +154,7 @@ def build_repository(
             "created": started.isoformat(timespec="seconds"),
             "versions": _versions(),
         }
-        if options.target == "gpu":
-            _gpu_assets(blip, mbart, work, graphs, assets, options)
-            manifest["cuda_memory_pool_byte_size"] = _pool_bytes(blip, options)
+        _runner_assets(blip, mbart, work, graphs, assets, manifest, options)
         repository = dataclasses.replace(
             options.repository,
             gpu=_gpu_options(options),
@@ -169,6 +173,16 @@ def build_repository(
     return output
 
 
+def _runner_assets(blip, mbart, work: Path, graphs: dict, assets: dict, manifest: dict, options) -> None:
+    """What the repository's runners need beyond the graphs: the checkpoints where the torch runner serves
+    them, and on a GPU the vision graph in its precision and the CUDA pool size."""
+    if options.target == "gpu":
+        _gpu_assets(blip, mbart, work, graphs, assets, options)
+        manifest["cuda_memory_pool_byte_size"] = _pool_bytes(blip, options)
+    elif options.repository.decoder_runner == contract.TORCH_RUNNER:
+        _checkpoint_assets(blip, mbart, work, assets)
+
+
 def _gpu_options(options: BuildOptions):
     from captioning.export.gpu import GpuOptions
 
@@ -182,15 +196,20 @@ def _gpu_assets(blip, mbart, work: Path, graphs: dict[str, Path], assets: dict[s
     """The checkpoints the torch runner serves, and the vision graph in the precision it runs in."""
     from captioning.export.gpu import fp16_graph
 
-    blip.save_pretrained(work / "captioner_checkpoint")
-    mbart.save_pretrained(work / "translator_checkpoint")
-    assets["captioner_checkpoint"] = work / "captioner_checkpoint"
-    assets["translator_checkpoint"] = work / "translator_checkpoint"
+    _checkpoint_assets(blip, mbart, work, assets)
     if _gpu_options(options).vision_precision == "fp16":
         LOG.info("converting %s to fp16 (LayerNorm and softmax stay fp32)", contract.VISION_MODEL)
         graphs[contract.VISION_MODEL] = fp16_graph(
             graphs[contract.VISION_MODEL], work / "fp16" / "blip_vision.onnx"
         )
+
+
+def _checkpoint_assets(blip, mbart, work: Path, assets: dict[str, Path]) -> None:
+    """The checkpoints the torch runner serves, saved as loaded (the repository carries them)."""
+    blip.save_pretrained(work / "captioner_checkpoint")
+    mbart.save_pretrained(work / "translator_checkpoint")
+    assets["captioner_checkpoint"] = work / "captioner_checkpoint"
+    assets["translator_checkpoint"] = work / "translator_checkpoint"
 
 
 def _pool_bytes(blip, options: BuildOptions) -> int:

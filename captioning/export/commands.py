@@ -139,8 +139,9 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
         "--decoder-runner",
         default=contract.DECODER_RUNNERS[0],
         choices=contract.DECODER_RUNNERS,
-        help="generators run their graphs in-process (fast on CPU) or call the graph models through Triton "
-        "(bls: for GPU nodes with native backends)",
+        help="generators run their ONNX graphs in-process (the default), call the graph models through Triton "
+        "(bls), or run the checkpoints' own modules in-process (torch: the runner GPU repositories use, oneDNN "
+        "on a CPU; with --inflight its cohorts share one forward pass per step; fp32 only)",
     )
     _add_stage_defaults(export)
     _add_serving_layout(export)

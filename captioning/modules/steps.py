@@ -105,6 +105,22 @@ class Segment:
         return self.past[0][0].shape[0]
 
 
+class OutputLayer(nn.Module):
+    """The vocabulary projection `x @ weight.T + bias` (the checkpoint's own, tied, weight) as a module of its
+    own, so that a runner can swap in a faster product (`captioning.runtime.packing`); traced as one Gemm."""
+
+    def __init__(self, weight: nn.Parameter, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.weight = weight
+        if isinstance(bias, nn.Parameter) or bias is None:
+            self.bias = bias
+        else:  # mBART's final_logits_bias, a buffer [1, V]: moved with the module to a device or a dtype
+            self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear_2d(x, self.weight, None if self.bias is None else self.bias.reshape(-1))
+
+
 def _split(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
     return (x,) if len(sizes) == 1 else torch.split(x, sizes, dim=0)
 
@@ -183,7 +199,9 @@ class BlipTextStep(nn.Module):
         text = model.text_decoder
         self.embeddings = text.bert.embeddings
         self.layers = text.bert.encoder.layer
-        self.head = text.cls.predictions
+        head = text.cls.predictions
+        self.transform = head.transform
+        self.logits = OutputLayer(head.decoder.weight, head.decoder.bias)
         self.heads = model.config.text_config.num_attention_heads
         self.head_dim = model.config.text_config.hidden_size // self.heads
 
@@ -223,8 +241,8 @@ class BlipTextStep(nn.Module):
             hidden = layer.crossattention.output(_merge(context), hidden)
             hidden = layer.output(layer.intermediate(hidden), hidden)
         # 2-D from here on: indexing the [N, 1, V] logits afterwards copies them (25 MB a step for mBART).
-        last = self.head.transform(hidden[:, -1, :])
-        logits = linear_2d(last, self.head.decoder.weight, self.head.decoder.bias)
+        last = self.transform(hidden[:, -1, :])
+        logits = self.logits(last)
         return logits, present
 
 
@@ -250,9 +268,7 @@ class MBartStep(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.decoder = model.get_decoder()
-        self.lm_head = model.lm_head
-        # A buffer of this module, so that moving it to a device or a dtype moves the bias too.
-        self.register_buffer("final_logits_bias", model.final_logits_bias, persistent=False)
+        self.logits = OutputLayer(model.lm_head.weight, model.final_logits_bias)
         self.heads = model.config.decoder_attention_heads
         self.head_dim = model.config.d_model // self.heads
 
@@ -299,5 +315,5 @@ class MBartStep(nn.Module):
             x = layer.final_layer_norm(hidden)
             hidden = residual + layer.fc2(layer.activation_fn(layer.fc1(x)))
         last = decoder.layer_norm(hidden[:, -1, :])
-        logits = linear_2d(last, self.lm_head.weight, self.final_logits_bias.reshape(-1))
+        logits = self.logits(last)
         return logits, present

@@ -31,6 +31,9 @@ class TorchOptions:
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
     precision: str = "fp32"  # fp32 is exact; bf16 and fp16 are fast modes
     threads: int | None = None  # CPU intra-op threads; None leaves torch's default
+    packed: bool = (
+        True  # on a CPU in fp32: linear weights prepacked for oneDNN (`captioning.runtime.packing`)
+    )
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -79,7 +82,7 @@ class TorchGraph:
     ):
         self.device = prepare(options)
         self.dtype = options.dtype()
-        self.module = module.to(self.device, self.dtype).eval()
+        self.module = _placed(module, self.device, self.dtype, options)
         self.input_names, self.output_names = input_names, output_names
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -90,6 +93,16 @@ class TorchGraph:
             out = self.module(*args)
         outs = out if isinstance(out, tuple) else (out,)
         return {name: t.float().cpu().numpy() for name, t in zip(self.output_names, outs, strict=True)}
+
+
+def _placed(module, device, dtype, options: TorchOptions):
+    """`module` on the device in the dtype, its linear layers packed where that pays (a CPU, fp32)."""
+    module = module.to(device, dtype).eval()
+    if options.packed and device.type == "cpu" and options.precision == "fp32":
+        from captioning.runtime.packing import pack_linears
+
+        LOG.info("%s: %d linear layers prepacked for oneDNN", type(module).__name__, pack_linears(module))
+    return module
 
 
 def _to_device(array, device, dtype):
@@ -105,8 +118,8 @@ class TorchStepDecoder:
     def __init__(self, cross, step, options: TorchOptions, max_length: int) -> None:
         self.device = prepare(options)
         self.dtype = options.dtype()
-        self.cross = cross.to(self.device, self.dtype).eval()
-        self.step = step.to(self.device, self.dtype).eval()
+        self.step = _placed(step, self.device, self.dtype, options)
+        self.cross = _placed(cross, self.device, self.dtype, options)
         self.max_length = max_length
         self.layers = len(step.layers) if hasattr(step, "layers") else len(step.decoder.layers)
 

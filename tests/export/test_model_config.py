@@ -181,3 +181,28 @@ def test_inflight_generators_run_under_iterative_sequences(tmp_path):
     assert read_config(specs["arabic_caption"].write(tmp_path)).max_batch_size == 4
     with pytest.raises(ModelConfigError, match="iterative sequences need max_batch_size > 0"):
         dataclasses.replace(specs["translator"], max_batch_size=0).to_proto()
+
+
+def test_cpu_generators_on_the_torch_runner_serve_the_checkpoints_on_the_cpu(tmp_path):
+    from captioning import contract
+    from captioning.export.build import BuildOptions
+
+    options = RepositoryOptions(decoder_runner="torch", inflight=True)
+    options.validate()
+    specs = model_specs(GRAPH_META, (96, 96), options)
+    assert "mbart_decoder" not in {spec.name for spec in specs}
+    for spec in specs:
+        spec.write(tmp_path)
+    for name in (contract.CAPTION_MODEL, contract.TRANSLATOR_MODEL):
+        params = read_config(tmp_path / name / "config.pbtxt").parameters
+        assert params[contract.PARAM_DECODER_RUNNER].string_value == "torch"
+        assert (
+            params[contract.PARAM_DEVICE].string_value,
+            params[contract.PARAM_PRECISION].string_value,
+        ) == (
+            "cpu",
+            "fp32",
+        )
+        assert params[contract.PARAM_INFLIGHT].string_value == "1"
+    with pytest.raises(ValueError, match="--decoder-runner torch serves the checkpoints' modules in fp32"):
+        BuildOptions(precision="int8", repository=options).validate_options()

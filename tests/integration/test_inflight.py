@@ -41,9 +41,9 @@ def inflight_server(fixture_checkpoints, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_inflight_server(fixture_checkpoints, tmp_path_factory):
-    """The in-flight repository with its generators switched to the torch runner on this CPU: the code a GPU
-    repository's generators run (merged in-flight steps), served by the pip tritonserver, which has no GPU and
-    no onnxruntime backend for a whole GPU repository."""
+    """The in-flight repository with the generators on the torch runner (`--decoder-runner torch`): the code a
+    GPU repository's generators run, on this CPU, whose cohorts share one forward pass per step."""
+    from captioning import contract
     from captioning.decoding import Overrides
     from captioning.export.build import BuildOptions, build_repository
     from captioning.export.repository import RepositoryOptions
@@ -52,41 +52,13 @@ def torch_inflight_server(fixture_checkpoints, tmp_path_factory):
     options = BuildOptions(
         progress=False,
         translation=Overrides(max_new_tokens=FIXED, min_new_tokens=FIXED),
-        repository=RepositoryOptions(inflight=True),
+        repository=RepositoryOptions(inflight=True, decoder_runner=contract.TORCH_RUNNER),
     )
     repository = build_repository(fixture_checkpoints.blip, fixture_checkpoints.mbart, output, options)
-    _to_torch_runner(repository, fixture_checkpoints)
+    translator = repository / contract.TRANSLATOR_MODEL / "1"
+    assert (translator / "checkpoint" / "config.json").is_file() and not list(translator.glob("*.onnx"))
     with serve(repository, tmp_path_factory.mktemp("server-inflight-torch")) as running:
         yield running
-
-
-def _to_torch_runner(repository, checkpoints) -> None:
-    import json
-    import shutil
-
-    from google.protobuf import text_format
-
-    from captioning import contract
-    from captioning.export.model_config import read_config
-
-    for model, kind, checkpoint in (
-        (contract.CAPTION_MODEL, "blip", checkpoints.blip),
-        (contract.TRANSLATOR_MODEL, "mbart", checkpoints.mbart),
-    ):
-        path = repository / model / "config.pbtxt"
-        config = read_config(path)
-        for key, value in (
-            (contract.PARAM_DECODER_RUNNER, contract.TORCH_RUNNER),
-            (contract.PARAM_DEVICE, "cpu"),
-            (contract.PARAM_PRECISION, "fp32"),
-        ):
-            config.parameters[key].string_value = value
-        path.write_text(text_format.MessageToString(config))
-        shutil.copytree(checkpoint, repository / model / "1" / "checkpoint")
-        graphs_path = repository / model / "1" / "graphs.json"
-        graphs = json.loads(graphs_path.read_text())
-        graphs["checkpoint"] = {"kind": kind, "dir": "checkpoint"}
-        graphs_path.write_text(json.dumps(graphs))
 
 
 def _fixed_translation(reference, text: str, beams: int | None = None, tokens: int = FIXED) -> str:

@@ -29,6 +29,16 @@ def models(fixture_checkpoints):
     )
 
 
+@pytest.fixture(scope="module")
+def reference_models(fixture_checkpoints):
+    """Models of their own for `generate()` (the runner packs the linear layers of the ones it serves)."""
+    from captioning.runtime.torch_runner import load_checkpoint
+
+    return load_checkpoint("blip", fixture_checkpoints.blip), load_checkpoint(
+        "mbart", fixture_checkpoints.mbart
+    )
+
+
 def _merges(decoder) -> list[int]:
     """Record the cohorts in each merged pass of `decoder`."""
     sizes: list[int] = []
@@ -58,7 +68,7 @@ def _staggered(engine: InflightEngine, stage, requests: list[tuple[str, list, Ov
 
 @pytest.mark.parametrize("beams", [1, 3])
 def test_staggered_cohorts_share_each_step_and_get_generate_tokens(
-    models, fixture_checkpoints, flickr_images, beams
+    models, reference_models, fixture_checkpoints, flickr_images, beams
 ):
     from transformers import AutoTokenizer, BlipProcessor
 
@@ -84,7 +94,7 @@ def test_staggered_cohorts_share_each_step_and_get_generate_tokens(
     requests = [(f"req{n}", [embeds[i] for i in span], options) for n, span in enumerate(spans)]
     answers = _staggered(engine, caption_stage, requests)
     processor = BlipProcessor.from_pretrained(str(fixture_checkpoints.blip))
-    captions = _reference_captions(blip, processor, images, beams)
+    captions = _reference_captions(reference_models[0], processor, images, beams)
     for n, span in enumerate(spans):
         assert answers[f"req{n}"] == [captions[i] for i in span], n
     assert max(passes) >= 4, passes  # cohorts of different ages stepped together
@@ -99,7 +109,7 @@ def test_staggered_cohorts_share_each_step_and_get_generate_tokens(
     requests = [(f"txt{i}", [Source(c, generated=True)], options) for i, c in enumerate(captions)]
     answers = _staggered(engine, translation_stage, requests)
     tokenizer = AutoTokenizer.from_pretrained(str(fixture_checkpoints.mbart), src_lang=contract.SOURCE_LANG)
-    expected = _reference_translations(mbart, tokenizer, captions, beams)
+    expected = _reference_translations(reference_models[1], tokenizer, captions, beams)
     assert [answers[f"txt{i}"][0] for i in range(len(captions))] == expected
     assert max(passes) >= 4, passes
 

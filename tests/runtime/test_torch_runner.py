@@ -35,6 +35,15 @@ def models(fixture_checkpoints):
 
 
 @pytest.fixture(scope="module")
+def reference_models(fixture_checkpoints):
+    """Models of their own for `generate()`: the runner takes ownership of the ones it serves (it packs their
+    linear layers on a CPU)."""
+    return load_checkpoint("blip", fixture_checkpoints.blip), load_checkpoint(
+        "mbart", fixture_checkpoints.mbart
+    )
+
+
+@pytest.fixture(scope="module")
 def images(flickr_images) -> list[bytes]:
     return [p.read_bytes() for p in flickr_images[:24]]
 
@@ -83,7 +92,7 @@ def _reference_translations(mbart, tokenizer, texts, beams):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("beams", [1, 3, 5])
-def test_torch_runner_equals_generate(models, fixture_checkpoints, images, device, beams):
+def test_torch_runner_equals_generate(models, reference_models, fixture_checkpoints, images, device, beams):
     from transformers import AutoTokenizer, BlipProcessor
 
     torch.set_num_threads(1)
@@ -101,7 +110,7 @@ def test_torch_runner_equals_generate(models, fixture_checkpoints, images, devic
         list(embeds), [Overrides(num_beams=beams)] * len(images)
     )
     processor = BlipProcessor.from_pretrained(str(fixture_checkpoints.blip))
-    blip_cpu, mbart_cpu = (m.to("cpu") for m in models)
+    blip_cpu, mbart_cpu = reference_models
     assert captions == _reference_captions(blip_cpu, processor, images, beams)
 
     # Unequal sources in one batch: the served captions, batched as the translator receives them.

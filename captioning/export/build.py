@@ -246,7 +246,11 @@ def _save_assets(captioner, translator, work: Path, options: BuildOptions):
 def _export_graphs(blip, mbart, work: Path, options: BuildOptions) -> dict[str, Path]:
     from captioning.export.graphs import ExportOptions, export_models
 
-    export = ExportOptions(validate=options.validate, progress=options.progress)
+    # Generators on the torch runner serve the checkpoints themselves: only the vision graph is needed.
+    only = (
+        (contract.VISION_MODEL,) if options.repository.torch_generators and options.target == "cpu" else None
+    )
+    export = ExportOptions(validate=options.validate, progress=options.progress, only=only)
     graphs = export_models(blip, mbart, work / "graphs", export).paths
     if options.precision == "int8":
         from captioning.export.quantize import quantize_graphs

@@ -32,6 +32,7 @@ class ExportOptions:
     rtol: float | None = None
     ort_threads: int | None = None
     seed: int = 0
+    only: tuple[str, ...] | None = None  # export these graphs only (None: all six)
 
 
 @dataclass
@@ -62,6 +63,8 @@ def export_models(
     from .mbart import mbart_jobs
 
     jobs = [*blip_jobs(blip, options.seed), *mbart_jobs(mbart, options.seed + 10)]
+    if options.only is not None:
+        jobs = [job for job in jobs if job.spec.name in options.only]
     return run_jobs(jobs, Path(output_dir), options)
 
 

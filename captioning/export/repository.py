@@ -206,7 +206,7 @@ def write_repository(
     options.validate()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    meta = {name: graph_metadata(graphs[name]) for name in GRAPH_MODELS}
+    meta = {name: graph_metadata(path) for name, path in graphs.items()}  # the torch runner: vision only
     written = []
     for spec in model_specs(meta, image_size, options):
         written.append(spec.write(output))
@@ -222,9 +222,8 @@ def write_repository(
         else:
             owner = next(model for model, roles in GENERATOR_GRAPHS.items() if name in roles.values())
             files[name] = Path(owner) / "1" / f"{name}.onnx"
-            if options.decoder_runner == contract.TORCH_RUNNER:
-                continue  # the generators serve the checkpoints' modules: their graphs would be dead weight
-        _copy_graph(graphs[name], output / files[name])
+        if name in graphs:  # not with the torch runner: the generators serve the checkpoints' modules
+            _copy_graph(graphs[name], output / files[name])
     shutil.copy2(assets["processor"] / "preprocessor_config.json", output / contract.PREPROCESS_MODEL / "1")
     for model, tokenizer, stage in (
         (contract.CAPTION_MODEL, assets["captioner_tokenizer"], contract.CAPTION_STAGE),
@@ -253,11 +252,8 @@ def _generator_graphs(
 ) -> dict:
     """A generator's `graphs.json`: its graphs by role, and the checkpoint where the torch runner serves it
     (copied into its version directory)."""
-    graphs_meta = {
-        role: runner_meta(name, meta[name], files[name]) for role, name in GENERATOR_GRAPHS[model].items()
-    }
-    if options.decoder_runner == contract.TORCH_RUNNER:
-        graphs_meta = {}
+    roles = GENERATOR_GRAPHS[model].items()
+    graphs_meta = {role: runner_meta(name, meta[name], files[name]) for role, name in roles if name in meta}
     if options.torch_generators:
         kind, key = (
             ("blip", "captioner_checkpoint")

@@ -316,7 +316,9 @@ class InflightEngine:
     def _count(self, steps: int, passes: int) -> None:
         if passes < steps and self.passes == self.cohort_steps:
             LOG.info(
-                "merged the forward steps of %d cohorts into %d passes (and so from here on)", steps, passes
+                "merged the forward steps of %d cohorts into %d passes; the periodic report counts the rest",
+                steps,
+                passes,
             )
         self.cohort_steps += steps
         self.passes += passes

@@ -130,7 +130,9 @@ class TorchStepDecoder:
 
         with torch.inference_mode():
             states = _to_device(encoder_hidden_states, self.device, self.dtype)
-            cross = self.cross(states)
+            # Contiguous once per source: the projections come out as transposed views, and every step's
+            # products would otherwise copy them (BLIP: 577 keys and values per image and layer).
+            cross = tuple(t.contiguous() for t in self.cross(states))
         key = cross[0]  # [B, H, S, Dh]
         rows = key.shape[0] * num_beams
         shape = (rows, key.shape[1], self.max_length, key.shape[3])

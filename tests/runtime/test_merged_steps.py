@@ -20,25 +20,6 @@ from captioning.runtime.tokenization import TextCodec
 from captioning.runtime.torch_runner import TorchOptions, encoder_graph, step_decoder, vision_graph
 
 
-@pytest.fixture(scope="module")
-def models(fixture_checkpoints):
-    from captioning.runtime.torch_runner import load_checkpoint
-
-    return load_checkpoint("blip", fixture_checkpoints.blip), load_checkpoint(
-        "mbart", fixture_checkpoints.mbart
-    )
-
-
-@pytest.fixture(scope="module")
-def reference_models(fixture_checkpoints):
-    """Models of their own for `generate()` (the runner packs the linear layers of the ones it serves)."""
-    from captioning.runtime.torch_runner import load_checkpoint
-
-    return load_checkpoint("blip", fixture_checkpoints.blip), load_checkpoint(
-        "mbart", fixture_checkpoints.mbart
-    )
-
-
 def _merges(decoder) -> list[int]:
     """Record the cohorts in each merged pass of `decoder`."""
     sizes: list[int] = []

@@ -19,28 +19,11 @@ from captioning.runtime.tokenization import TextCodec
 from captioning.runtime.torch_runner import (
     TorchOptions,
     encoder_graph,
-    load_checkpoint,
     step_decoder,
     vision_graph,
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.fixture(scope="module")
-def models(fixture_checkpoints):
-    return load_checkpoint("blip", fixture_checkpoints.blip), load_checkpoint(
-        "mbart", fixture_checkpoints.mbart
-    )
-
-
-@pytest.fixture(scope="module")
-def reference_models(fixture_checkpoints):
-    """Models of their own for `generate()`: the runner takes ownership of the ones it serves (it packs their
-    linear layers on a CPU)."""
-    return load_checkpoint("blip", fixture_checkpoints.blip), load_checkpoint(
-        "mbart", fixture_checkpoints.mbart
-    )
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,8 @@ class TorchOptions:
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
     precision: str = "fp32"  # fp32 is exact; bf16 and fp16 are fast modes
     threads: int | None = None  # CPU intra-op threads; None leaves torch's default
-    packed: bool = (
-        True  # on a CPU in fp32: linear weights prepacked for oneDNN (`captioning.runtime.packing`)
-    )
+    # On a CPU in fp32: linear weights prepacked for oneDNN (`captioning.runtime.packing`).
+    packed: bool = True
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from captioning.decoding.decoder import Calls, Decoder, Progress, StepCall, Steps, drain, served
+from captioning.decoding.decoder import Calls, Decoder, Progress, StepCall, drain
 from captioning.decoding.settings import GenerationSettings
 from captioning.decoding.tokens import (
     beam_candidates,
@@ -22,7 +22,7 @@ from captioning.decoding.tokens import (
     topk_indices,
 )
 
-__all__ = ["beam_calls", "beam_search", "beam_steps"]
+__all__ = ["beam_calls", "beam_search"]
 
 _NEG = np.float32(-1.0e9)
 
@@ -173,18 +173,7 @@ def beam_search(
     encoder_attention_mask: np.ndarray,
     s: GenerationSettings,
 ) -> list[list[int]]:
-    return drain(beam_steps(decoder, encoder_hidden_states, encoder_attention_mask, s))
-
-
-def beam_steps(
-    decoder: Decoder,
-    encoder_hidden_states: np.ndarray,
-    encoder_attention_mask: np.ndarray,
-    s: GenerationSettings,
-) -> Steps:
-    """Beam search one step per `next()`: yields which items are final (HF's heuristic says no open beam can
-    beat the finished ones, so their best hypothesis never changes again) and returns every item's best."""
-    return served(beam_calls(decoder, encoder_hidden_states, encoder_attention_mask, s))
+    return drain(beam_calls(decoder, encoder_hidden_states, encoder_attention_mask, s))
 
 
 def beam_calls(
@@ -193,7 +182,10 @@ def beam_calls(
     encoder_attention_mask: np.ndarray,
     s: GenerationSettings,
 ) -> Calls:
-    """`beam_steps` that also yields each forward step as a `StepCall` for its driver to answer."""
+    """Beam search one step per `send()`: yields each forward step (`StepCall`, answered with its result) and
+    which items are final (HF's heuristic says no open beam can beat the finished ones, so their best
+    hypothesis never changes again); returns every item's best."""
+
     beams = _Beams(encoder_hidden_states.shape[0], s)
     session = decoder.start(encoder_hidden_states, encoder_attention_mask, s.num_beams)
     on_device = hasattr(session, "step_candidates")

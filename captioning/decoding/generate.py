@@ -76,7 +76,7 @@ def generate(
     should_stop: Callable[[], bool] | None = None,
 ) -> list[list[int]]:
     return drain(
-        generate_steps(decoder, encoder_hidden_states, encoder_attention_mask, settings, vocab, should_stop)
+        generate_calls(decoder, encoder_hidden_states, encoder_attention_mask, settings, vocab, should_stop)
     )
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from captioning.decoding.decoder import Calls, Decoder, Progress, StepCall, Steps, drain, served
+from captioning.decoding.decoder import Calls, Decoder, Progress, StepCall, drain
 from captioning.decoding.settings import GenerationSettings
 from captioning.decoding.tokens import device_scoring, greedy_tokens
 
-__all__ = ["greedy_calls", "greedy_search", "greedy_steps"]
+__all__ = ["greedy_calls", "greedy_search"]
 
 
 def greedy_search(
@@ -17,18 +17,7 @@ def greedy_search(
     encoder_attention_mask: np.ndarray,
     s: GenerationSettings,
 ) -> list[list[int]]:
-    return drain(greedy_steps(decoder, encoder_hidden_states, encoder_attention_mask, s))
-
-
-def greedy_steps(
-    decoder: Decoder,
-    encoder_hidden_states: np.ndarray,
-    encoder_attention_mask: np.ndarray,
-    s: GenerationSettings,
-) -> Steps:
-    """Greedy search one step per `next()`: yields which items are final after each step (an item is final
-    once it wrote EOS or reached max_length) and returns every item's ids."""
-    return served(greedy_calls(decoder, encoder_hidden_states, encoder_attention_mask, s))
+    return drain(greedy_calls(decoder, encoder_hidden_states, encoder_attention_mask, s))
 
 
 def greedy_calls(
@@ -37,7 +26,9 @@ def greedy_calls(
     encoder_attention_mask: np.ndarray,
     s: GenerationSettings,
 ) -> Calls:
-    """`greedy_steps` that also yields each forward step as a `StepCall` for its driver to answer."""
+    """Greedy search one step per `send()`: yields each forward step (`StepCall`, answered with its result)
+    and which items are final after each step (an item is final once it wrote EOS or reached max_length);
+    returns every item's ids."""
     batch = encoder_hidden_states.shape[0]
     ids = np.tile(np.asarray(s.prompt_ids, dtype=np.int64), (batch, 1))
     eos = np.asarray(s.eos_token_ids, dtype=np.int64)

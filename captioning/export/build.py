@@ -36,6 +36,11 @@ class BuildOptions:
     # Opt-in: a `captioning trim-vocab` file; the translator decodes over those target ids only (not exact).
     translator_vocab: Path | None = None
 
+    @property
+    def torch_on_cpu(self) -> bool:
+        """A CPU repository whose generators serve the checkpoints' modules (`--decoder-runner torch`)."""
+        return self.target == "cpu" and self.repository.decoder_runner == contract.TORCH_RUNNER
+
     def validate_options(self) -> None:
         if self.target not in contract.TARGETS:
             raise ValueError(f"target must be one of {', '.join(contract.TARGETS)}, got {self.target!r}")
@@ -48,8 +53,7 @@ class BuildOptions:
             )
         if self.target == "gpu" and self.translator_vocab is not None:
             raise ValueError("--translator-vocab is a CPU mode; GPU repositories decode the full vocabulary")
-        torch_cpu = self.target == "cpu" and self.repository.decoder_runner == contract.TORCH_RUNNER
-        if torch_cpu and (self.precision != "fp32" or self.translator_vocab is not None):
+        if self.torch_on_cpu and (self.precision != "fp32" or self.translator_vocab is not None):
             raise ValueError(
                 "--decoder-runner torch serves the checkpoints' modules in fp32 over the full vocabulary: "
                 "drop --precision int8 and --translator-vocab, or use the ONNX runner"
@@ -179,7 +183,7 @@ def _runner_assets(blip, mbart, work: Path, graphs: dict, assets: dict, manifest
     if options.target == "gpu":
         _gpu_assets(blip, mbart, work, graphs, assets, options)
         manifest["cuda_memory_pool_byte_size"] = _pool_bytes(blip, options)
-    elif options.repository.decoder_runner == contract.TORCH_RUNNER:
+    elif options.torch_on_cpu:
         _checkpoint_assets(blip, mbart, work, assets)
 
 
@@ -247,9 +251,7 @@ def _export_graphs(blip, mbart, work: Path, options: BuildOptions) -> dict[str, 
     from captioning.export.graphs import ExportOptions, export_models
 
     # Generators on the torch runner serve the checkpoints themselves: only the vision graph is needed.
-    only = (
-        (contract.VISION_MODEL,) if options.repository.torch_generators and options.target == "cpu" else None
-    )
+    only = (contract.VISION_MODEL,) if options.torch_on_cpu else None
     export = ExportOptions(validate=options.validate, progress=options.progress, only=only)
     graphs = export_models(blip, mbart, work / "graphs", export).paths
     if options.precision == "int8":

@@ -53,7 +53,8 @@ def test_gpu_configs_parse_and_name_the_gpu(gpu_repositories):
     )
     assert kind[contract.PREPROCESS_MODEL] == [2]  # images decode on the CPU
     vision = configs[contract.VISION_MODEL]
-    assert vision.backend == "onnxruntime" and vision.dynamic_batching.max_queue_delay_microseconds > 0
+    assert vision.backend == "onnxruntime" and vision.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert not vision.dynamic_batching.preferred_batch_size  # GPUs batch images (CPUs run one request a run)
     assert not vision.optimization.execution_accelerators.gpu_execution_accelerator  # exact: plain CUDA EP
     for name in (contract.CAPTION_MODEL, contract.TRANSLATOR_MODEL):
         params = {k: v.string_value for k, v in configs[name].parameters.items()}

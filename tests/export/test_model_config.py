@@ -63,7 +63,14 @@ def test_repository_specs_round_trip(tmp_path):
     assert [s.model_name for s in arabic.ensemble_scheduling.step][-1] == "translator"
     vision = read_config(tmp_path / "blip_vision" / "config.pbtxt")
     assert list(vision.input[0].dims) == [3, 96, 96]
-    assert vision.dynamic_batching.max_queue_delay_microseconds == 2000
+    # on a CPU the vision encoder runs each request as it arrived (RepositoryOptions.vision_batching)...
+    assert list(vision.dynamic_batching.preferred_batch_size) == [1]
+    assert vision.dynamic_batching.max_queue_delay_microseconds > 30_000_000  # past the queue timeout
+    assert vision.dynamic_batching.default_queue_policy.max_queue_size == 32  # still shedding
+    # ...where the other batched models gather requests for 2 ms
+    preprocess = read_config(tmp_path / "image_preprocess" / "config.pbtxt")
+    assert preprocess.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert not preprocess.dynamic_batching.preferred_batch_size
 
 
 def test_spec_errors_name_the_problem():

@@ -41,6 +41,7 @@ def test_captions_equal_generate(server, reference, image_bytes, protocol, mode)
 
 def test_concurrent_requests_are_batched(server, reference, image_bytes):
     before = batch_stats(server.grpc_url, "caption_generator")
+    vision_before = batch_stats(server.grpc_url, "blip_vision")
     images = image_bytes[:16]
     with CaptionClient(server.grpc_url, timeout_s=300) as client:
         results = client.caption_batch(images, max_in_flight=16)
@@ -51,6 +52,10 @@ def test_concurrent_requests_are_batched(server, reference, image_bytes):
     assert sum(batched.values()) > 0, f"no batched executions of caption_generator: {after}"
     translator = batch_stats(server.grpc_url, "translator")
     assert any(size > 1 for size in translator), f"translator never batched: {translator}"
+    # On a CPU the vision encoder runs each request as it arrived (RepositoryOptions.vision_batching)
+    vision = batch_stats(server.grpc_url, "blip_vision")
+    runs = {size: vision.get(size, 0) - vision_before.get(size, 0) for size in vision}
+    assert runs.get(1, 0) == len(images) and not any(n for size, n in runs.items() if size > 1), runs
 
 
 def test_translator_alone(server, reference, shared_data):

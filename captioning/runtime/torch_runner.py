@@ -11,6 +11,9 @@ and fp16 are opt-in fast modes.
 In-flight batching steps many sessions of one decoder at once (`TorchStepDecoder.step_merged`): one forward
 pass whose weight products cover every session's rows, each session attending to its own caches and sources
 (`captioning.modules.steps.forward_merged`), then each session's own scoring of its own rows.
+
+With CPU slots (`--cpu-slots`, `captioning.runtime.cpu_slots`) every forward pass with its scoring, cross
+projection, encoder run and beam reorder is one run on a slot, as the ONNX graphs' runs are.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
+
+from captioning.runtime import cpu_slots
 
 LOG = logging.getLogger(__name__)
 
@@ -88,7 +93,7 @@ class TorchGraph:
         import torch
 
         args = [_to_device(feeds[name], self.device, self.dtype) for name in self.input_names]
-        with torch.inference_mode():
+        with cpu_slots.held(), torch.inference_mode():  # a no-op unless the model was given CPU slots
             out = self.module(*args)
         outs = out if isinstance(out, tuple) else (out,)
         return {name: t.float().cpu().numpy() for name, t in zip(self.output_names, outs, strict=True)}
@@ -127,7 +132,7 @@ class TorchStepDecoder:
 
         from captioning.modules.tensors import CacheSlot
 
-        with torch.inference_mode():
+        with cpu_slots.held(), torch.inference_mode():
             states = _to_device(encoder_hidden_states, self.device, self.dtype)
             # Contiguous once per source: the projections come out as transposed views, and every step's
             # products would otherwise copy them (BLIP: 577 keys and values per image and layer).
@@ -153,7 +158,7 @@ class TorchStepDecoder:
         lengths = [[slot.length for slot in session.slots] for session in sessions]
         ids = np.concatenate([call.input_ids for call in calls]).astype(np.int64, copy=False)
         try:
-            with torch.inference_mode():
+            with cpu_slots.held(), torch.inference_mode():
                 segments = [Segment.of(s.mask, (*s.cross, *s.slots), self.layers) for s in sessions]
                 logits, _ = self.step.forward_merged(torch.from_numpy(ids).to(self.device), segments)
                 parts = torch.split(logits.float(), [len(call.input_ids) for call in calls])
@@ -198,14 +203,18 @@ class TorchSession:
                 return _scored(logits, scoring).argmax(dim=-1).cpu().numpy()
         raise ValueError(f"unknown step method {method!r}")
 
+    def _run(self, method: str, input_ids: np.ndarray, args: tuple):
+        with cpu_slots.held():  # one step, forward pass and scoring, is one run on a CPU slot
+            return self.answer(method, self._logits(input_ids), args)
+
     def step(self, input_ids: np.ndarray) -> np.ndarray:
-        return self.answer("step", self._logits(input_ids), ())
+        return self._run("step", input_ids, ())
 
     def step_candidates(self, input_ids: np.ndarray, k: int, scoring) -> tuple[np.ndarray, np.ndarray, int]:
-        return self.answer("step_candidates", self._logits(input_ids), (k, scoring))
+        return self._run("step_candidates", input_ids, (k, scoring))
 
     def step_argmax(self, input_ids: np.ndarray, scoring) -> np.ndarray:
-        return self.answer("step_argmax", self._logits(input_ids), (scoring,))
+        return self._run("step_argmax", input_ids, (scoring,))
 
     def reorder(self, rows: np.ndarray) -> None:
         import torch
@@ -214,8 +223,9 @@ class TorchSession:
         if len(rows) == self.slots[0].rows and np.array_equal(rows, np.arange(len(rows))):
             return  # most steps keep every beam's own history
         index = torch.from_numpy(rows).to(self.decoder.device)
-        for slot in self.slots:
-            slot.reorder(index)
+        with cpu_slots.held():
+            for slot in self.slots:
+                slot.reorder(index)
 
 
 def _scored(scores, scoring):

@@ -6,6 +6,8 @@ Real checkpoints of the real architectures (the fixtures), real Flickr8k images,
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -140,3 +142,61 @@ def test_a_fault_in_one_cohort_of_a_merged_step_fails_that_cohort_only(models, f
     )
     assert answers["healthy"] == [stage.codec.decode(want[0])]
     assert 2 in passes  # the fault struck inside a merged pass
+
+
+class _RecordedSlots:
+    """Stands in for the installed CPU slots: counts the runs, and the forward passes made inside one."""
+
+    def __init__(self) -> None:
+        self.depth = self.runs = self.passes = 0
+
+    @contextlib.contextmanager
+    def held(self):
+        assert self.depth == 0, "a run took a slot inside another: with real slots it could wait on itself"
+        self.depth, self.runs = 1, self.runs + 1
+        try:
+            yield
+        finally:
+            self.depth = 0
+
+    def watch(self, obj, name: str) -> None:
+        inner = getattr(obj, name)
+
+        def checked(*args, **kwargs):
+            assert self.depth == 1, f"{type(obj).__name__}.{name} ran outside a CPU slot"
+            self.passes += 1
+            return inner(*args, **kwargs)
+
+        setattr(obj, name, checked)
+
+
+def test_every_forward_pass_runs_on_a_cpu_slot(models, fixture_checkpoints, monkeypatch):
+    """With CPU slots installed (`--cpu-slots`), the encoder, the cross projections, merged and lone steps and
+    beam reordering each take one slot, never one inside another (a 1-slot server would wait on itself)."""
+    from captioning.decoding import generate
+    from captioning.runtime import cpu_slots
+
+    torch.set_num_threads(1)
+    _, mbart = models
+    _, settings = _settings(models, fixture_checkpoints)
+    slots = _RecordedSlots()
+    monkeypatch.setattr(cpu_slots, "_ACTIVE", slots)
+    encoder = encoder_graph(mbart, TorchOptions())
+    decoder = step_decoder("mbart", mbart, TorchOptions(), settings.max_length)
+    for module, name in ((encoder.module, "forward"), (decoder.cross, "forward"), (decoder.step, "forward")):
+        slots.watch(module, name)
+    slots.watch(decoder.step, "forward_merged")
+    codec = TextCodec.load(fixture_checkpoints.mbart, src_lang=contract.SOURCE_LANG)
+    stage = TranslationStage(encoder, decoder, settings, codec)
+    engine = InflightEngine(stage.steps, Limits(max_rows=16))
+    texts = ["a dog runs on the grass", "two children play in the snow"]
+    answers = _staggered(
+        engine, stage, [(t, [Source(t, generated=True)], Overrides(num_beams=3)) for t in texts]
+    )
+    assert len(answers) == 2 and all(isinstance(a, list) for a in answers.values())
+    merged = slots.passes
+    assert merged > 0 and slots.runs >= merged
+    encoded = encoder.run({"input_ids": np.array([[5, 6, 2]]), "attention_mask": np.ones((1, 3), np.int64)})
+    inner = settings.with_overrides(Overrides(num_beams=3))
+    generate(decoder, encoded["last_hidden_state"], np.ones((1, 3), np.int64), inner)  # lone steps
+    assert slots.passes > merged + 1

@@ -59,7 +59,9 @@ def model_specs(
         for s in specs
     ]
     # a model's queue holds two batches per instance (RepositoryOptions.queue_size)
-    return [dataclasses.replace(s, batching=_batching(s, options)) if s.batching is not None else s for s in specs]
+    return [
+        dataclasses.replace(s, batching=_batching(s, options)) if s.batching is not None else s for s in specs
+    ]
 
 
 def _batching(spec: ModelSpec, options: RepositoryOptions):

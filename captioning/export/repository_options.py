@@ -84,19 +84,27 @@ class RepositoryOptions:
         return contract.QUEUE_BATCHES * self.max_batch_size * instances
 
     def batching(self, instances: int = 1) -> BatchingSpec:
+        """Several instances prefer an equal share of a full batch each. Without it, requests that arrive
+        together (closed-loop clients whose answers came back together) all land in one instance's batch while
+        the others idle, and come back together again: a convoy that ran two translator instances one at a
+        time (docs/performance.md). Triton sends a preferred size at once while the oldest request has waited
+        less than the queue delay, and whatever is pending after it."""
+        share = -(-self.max_batch_size // instances)
         return BatchingSpec(
             self.max_queue_delay_us,
+            preferred_batch_sizes=(share,) if instances > 1 else (),
             max_queue_size=self.queue_size(instances),
             queue_timeout_us=int(self.queue_timeout_s * 1_000_000),
         )
 
     def vision_batching(self, instances: int = 1) -> BatchingSpec:
-        """The vision encoder's batcher. On a CPU each run serves one request, as it arrived: 577 tokens per
-        image make every product compute-bound at one image (0.50 s per image alone, 0.515 in fours), so a
-        batch buys nothing and makes each image wait for all of the batch. Triton sends a batch of a
-        preferred size at once; with the one preferred size 1 it never accumulates requests (a request of
-        several images is still one run), as long as the oldest has waited less than the queue delay, which
-        is why that is long here: the queue timeout sheds requests before it. GPUs batch as usual."""
+        """The vision encoder's batcher. On a CPU each run serves one request where an instance is free: 577
+        tokens per image make every product compute-bound at one image (0.50 s per image alone, 0.515 in
+        fours), so a batch buys nothing and makes each image wait for all of the batch. Triton sends a batch of
+        the one preferred size 1 at once, as long as the oldest request has waited less than the queue delay,
+        which is why that is long here (the queue timeout sheds requests before it). A run already waiting for
+        a busy instance still takes requests that arrive meanwhile: 1.7 images per run at c=16 against 2.8
+        with the default batcher (docs/performance-history.md, run 29). GPUs batch as usual."""
         spec = self.batching(instances)
         if self.gpu is not None:
             return spec

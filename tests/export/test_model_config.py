@@ -99,6 +99,12 @@ def test_instance_counts_reach_the_configs(tmp_path):
     }
     assert counts == {"translator": 2, "blip_vision": 3, "caption_generator": 1}
     assert not read_config(tmp_path / "arabic_caption" / "config.pbtxt").instance_group
+    # several instances each prefer an equal share of a full batch, so a burst splits instead of convoying
+    preferred = {
+        name: list(read_config(tmp_path / name / "config.pbtxt").dynamic_batching.preferred_batch_size)
+        for name in ("translator", "caption_generator", "blip_vision")
+    }
+    assert preferred == {"translator": [8], "caption_generator": [], "blip_vision": [1]}  # CPU vision: 1 a run
     with pytest.raises(ValueError, match="unknown model 'arabic_caption'"):
         RepositoryOptions(instance_counts=(("arabic_caption", 2),)).validate()
     with pytest.raises(ValueError, match="1..16"):

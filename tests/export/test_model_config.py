@@ -104,7 +104,11 @@ def test_instance_counts_reach_the_configs(tmp_path):
         name: list(read_config(tmp_path / name / "config.pbtxt").dynamic_batching.preferred_batch_size)
         for name in ("translator", "caption_generator", "blip_vision")
     }
-    assert preferred == {"translator": [8], "caption_generator": [], "blip_vision": [1]}  # CPU vision: 1 a run
+    assert preferred == {
+        "translator": [8],
+        "caption_generator": [],
+        "blip_vision": [1],
+    }  # CPU vision: 1 a run
     with pytest.raises(ValueError, match="unknown model 'arabic_caption'"):
         RepositoryOptions(instance_counts=(("arabic_caption", 2),)).validate()
     with pytest.raises(ValueError, match="1..16"):

@@ -63,7 +63,7 @@ def test_repository_specs_round_trip(tmp_path):
     assert [s.model_name for s in arabic.ensemble_scheduling.step][-1] == "translator"
     vision = read_config(tmp_path / "blip_vision" / "config.pbtxt")
     assert list(vision.input[0].dims) == [3, 96, 96]
-    # on a CPU the vision encoder runs each request as it arrived (RepositoryOptions.vision_batching)...
+    # on a CPU the vision encoder prefers one request per run (RepositoryOptions.vision_batching)...
     assert list(vision.dynamic_batching.preferred_batch_size) == [1]
     assert vision.dynamic_batching.max_queue_delay_microseconds > 30_000_000  # past the queue timeout
     assert vision.dynamic_batching.default_queue_policy.max_queue_size == 32  # still shedding
@@ -99,16 +99,13 @@ def test_instance_counts_reach_the_configs(tmp_path):
     }
     assert counts == {"translator": 2, "blip_vision": 3, "caption_generator": 1}
     assert not read_config(tmp_path / "arabic_caption" / "config.pbtxt").instance_group
-    # several instances each prefer an equal share of a full batch, so a burst splits instead of convoying
+    # several instances each prefer an equal share of a full batch, so a burst splits instead of convoying;
+    # a CPU's vision encoder prefers one request per run whatever its instances
     preferred = {
         name: list(read_config(tmp_path / name / "config.pbtxt").dynamic_batching.preferred_batch_size)
         for name in ("translator", "caption_generator", "blip_vision")
     }
-    assert preferred == {
-        "translator": [8],
-        "caption_generator": [],
-        "blip_vision": [1],
-    }  # CPU vision: 1 a run
+    assert preferred == {"translator": [8], "caption_generator": [], "blip_vision": [1]}
     with pytest.raises(ValueError, match="unknown model 'arabic_caption'"):
         RepositoryOptions(instance_counts=(("arabic_caption", 2),)).validate()
     with pytest.raises(ValueError, match="1..16"):

@@ -52,7 +52,8 @@ def test_concurrent_requests_are_batched(server, reference, image_bytes):
     assert sum(batched.values()) > 0, f"no batched executions of caption_generator: {after}"
     translator = batch_stats(server.grpc_url, "translator")
     assert any(size > 1 for size in translator), f"translator never batched: {translator}"
-    # On a CPU the vision encoder runs each request as it arrived (RepositoryOptions.vision_batching)
+    # On a CPU the vision encoder prefers one request per run (RepositoryOptions.vision_batching); with an
+    # instance free, as here, every image runs alone
     vision = batch_stats(server.grpc_url, "blip_vision")
     runs = {size: vision.get(size, 0) - vision_before.get(size, 0) for size in vision}
     assert runs.get(1, 0) == len(images) and not any(n for size, n in runs.items() if size > 1), runs

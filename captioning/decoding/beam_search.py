@@ -185,7 +185,6 @@ def beam_calls(
     """Beam search one step per `send()`: yields each forward step (`StepCall`, answered with its result) and
     which items are final (HF's heuristic says no open beam can beat the finished ones, so their best
     hypothesis never changes again); returns every item's best."""
-
     beams = _Beams(encoder_hidden_states.shape[0], s)
     session = decoder.start(encoder_hidden_states, encoder_attention_mask, s.num_beams)
     on_device = hasattr(session, "step_candidates")

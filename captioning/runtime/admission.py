@@ -4,9 +4,10 @@ that would only time out in the queue, or finish after its own timeout, is refus
 
 It is measured, not configured: what one cohort's step costs (every engine step is timed and divided by the
 cohorts it advanced: each its own graph call on the ONNX graphs; on the torch runner, where cohorts share one
-forward pass, the average, which overstates what one more cohort adds, so the forecast errs towards refusing), the gap between two steps (Triton rescheduling every request
-in flight and the stub's round trip: with small models, as much as the step itself), and the share of its most
-steps a cohort takes (end of sequence often comes early). The forecast then replays the queue: each running
+forward pass, the average, which overstates what one more cohort adds, so the forecast errs towards refusing),
+the gap between two steps (Triton rescheduling every request in flight and the stub's round trip: with small
+models, as much as the step itself), and the share of its most steps a cohort takes (end of sequence often comes
+early). The forecast then replays the queue: each running
 cohort frees its rows when its steps left are done, the waiting requests join in arrival order as rows free,
 and every step costs as many cohort steps as cohorts would run, counting each waiting request as a cohort of its
 own (the worst case).

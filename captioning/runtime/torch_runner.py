@@ -5,8 +5,8 @@ Decoder sessions keep everything on the runner's device between steps: the cross
 limit and written in place, `CacheSlot`), the mask. Per step the token ids go to the device and only what the
 search needs comes back: each row's top candidates (beam search) or its chosen token (greedy), with
 log-softmax, the simple processors and top-k computed there as `generate()` computes them on that device; the
-full logits only where a processor needs whole rows. Beam reordering is a gather on the device. fp32 is exact mode (TF32 off); bf16
-and fp16 are opt-in fast modes.
+full logits only where a processor needs whole rows. Beam reordering is a gather on the device. fp32 is exact
+mode (TF32 off); bf16 and fp16 are opt-in fast modes.
 
 In-flight batching steps many sessions of one decoder at once (`TorchStepDecoder.step_merged`): one forward
 pass whose weight products cover every session's rows, each session attending to its own caches and sources

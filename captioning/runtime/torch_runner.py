@@ -13,7 +13,8 @@ pass whose weight products cover every session's rows, each session attending to
 (`captioning.modules.steps.forward_merged`), then each session's own scoring of its own rows.
 
 With CPU slots (`--cpu-slots`, `captioning.runtime.cpu_slots`) every forward pass with its scoring, cross
-projection, encoder run and beam reorder is one run on a slot, as the ONNX graphs' runs are.
+projection and encoder run is one run on a slot, as the ONNX graphs' runs are; a beam reorder runs at the
+start of the session's next step, on that step's slot.
 """
 
 from __future__ import annotations
@@ -159,6 +160,8 @@ class TorchStepDecoder:
         ids = np.concatenate([call.input_ids for call in calls]).astype(np.int64, copy=False)
         try:
             with cpu_slots.held(), torch.inference_mode():
+                for session in sessions:
+                    session.apply_reorder()
                 segments = [Segment.of(s.mask, (*s.cross, *s.slots), self.layers) for s in sessions]
                 logits, _ = self.step.forward_merged(torch.from_numpy(ids).to(self.device), segments)
                 parts = torch.split(logits.float(), [len(call.input_ids) for call in calls])
@@ -178,12 +181,14 @@ class TorchSession:
 
     def __init__(self, decoder: TorchStepDecoder, cross: tuple, mask, slots: list) -> None:
         self.decoder, self.cross, self.mask, self.slots = decoder, cross, mask, slots
+        self.pending: np.ndarray | None = None  # a beam reordering not yet applied (`reorder`)
 
     def _logits(self, input_ids: np.ndarray):
         import torch
 
         ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.decoder.device)
         with torch.inference_mode():
+            self.apply_reorder()
             return self.decoder.step(ids, self.mask, *self.cross, *self.slots)[0].float()
 
     def answer(self, method: str, logits, args: tuple):
@@ -217,15 +222,26 @@ class TorchSession:
         return self._run("step_argmax", input_ids, (scoring,))
 
     def reorder(self, rows: np.ndarray) -> None:
+        """Keep row `rows[i]` as row i, from the next step on: the gather runs at the start of that step, on
+        its CPU slot. On a slot of its own, a gather of a few MB waited for a whole run of another model to
+        free a slot (the vision encoder's, half a second), once per search and step: under load that was a
+        third of the caption generator's time, and its step times refused requests it would have served."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.pending is not None:
+            self.pending = self.pending[rows]  # row i is the pending order's row rows[i]
+        elif len(rows) != self.slots[0].rows or not np.array_equal(rows, np.arange(len(rows))):
+            self.pending = rows  # (most steps keep every beam's own history: nothing to do)
+
+    def apply_reorder(self) -> None:
+        """The pending reordering, if any; called inside a step's CPU slot."""
+        if self.pending is None:
+            return
         import torch
 
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == self.slots[0].rows and np.array_equal(rows, np.arange(len(rows))):
-            return  # most steps keep every beam's own history
-        index = torch.from_numpy(rows).to(self.decoder.device)
-        with cpu_slots.held():
-            for slot in self.slots:
-                slot.reorder(index)
+        index = torch.from_numpy(self.pending).to(self.decoder.device)
+        for slot in self.slots:
+            slot.reorder(index)
+        self.pending = None
 
 
 def _scored(scores, scoring):

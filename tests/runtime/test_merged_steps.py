@@ -171,9 +171,11 @@ class _RecordedSlots:
 
 
 def test_every_forward_pass_runs_on_a_cpu_slot(models, fixture_checkpoints, monkeypatch):
-    """With CPU slots installed (`--cpu-slots`), the encoder, the cross projections, merged and lone steps and
-    beam reordering each take one slot, never one inside another (a 1-slot server would wait on itself)."""
+    """With CPU slots installed (`--cpu-slots`), the encoder, the cross projections, merged and lone steps each
+    take one slot, never one inside another (a 1-slot server would wait on itself); beam reordering runs inside
+    the next step's slot, never waiting for a slot of its own."""
     from captioning.decoding import generate
+    from captioning.modules.tensors import CacheSlot
     from captioning.runtime import cpu_slots
 
     torch.set_num_threads(1)
@@ -186,6 +188,15 @@ def test_every_forward_pass_runs_on_a_cpu_slot(models, fixture_checkpoints, monk
     for module, name in ((encoder.module, "forward"), (decoder.cross, "forward"), (decoder.step, "forward")):
         slots.watch(module, name)
     slots.watch(decoder.step, "forward_merged")
+    reorders = []
+    gather = CacheSlot.reorder
+
+    def reorder(slot, rows):
+        assert slots.depth == 1, "a beam reorder ran outside a CPU slot"
+        reorders.append(slots.runs)
+        return gather(slot, rows)
+
+    monkeypatch.setattr(CacheSlot, "reorder", reorder)
     codec = TextCodec.load(fixture_checkpoints.mbart, src_lang=contract.SOURCE_LANG)
     stage = TranslationStage(encoder, decoder, settings, codec)
     engine = InflightEngine(stage.steps, Limits(max_rows=16))
@@ -195,8 +206,9 @@ def test_every_forward_pass_runs_on_a_cpu_slot(models, fixture_checkpoints, monk
     )
     assert len(answers) == 2 and all(isinstance(a, list) for a in answers.values())
     merged = slots.passes
-    assert merged > 0 and slots.runs >= merged
+    assert merged > 0 and slots.runs > 0  # (a lone step counts two passes: forward calls forward_merged)
     encoded = encoder.run({"input_ids": np.array([[5, 6, 2]]), "attention_mask": np.ones((1, 3), np.int64)})
     inner = settings.with_overrides(Overrides(num_beams=3))
     generate(decoder, encoded["last_hidden_state"], np.ones((1, 3), np.int64), inner)  # lone steps
     assert slots.passes > merged + 1
+    assert reorders  # beams moved, each time inside a step's run

@@ -125,6 +125,32 @@ def test_caches_are_preallocated_and_reordered_on_the_device(models, fixture_che
             session.step(np.array([[5]] * 6))
 
 
+def test_reorders_wait_for_the_next_step_and_compose_as_applying_each_at_once(models, fixture_checkpoints):
+    blip, _ = models
+    caption_settings, _ = _settings(models, fixture_checkpoints)
+    decoder = step_decoder("blip", blip, TorchOptions(), caption_settings.max_length)
+    states = np.random.default_rng(0).standard_normal((2, 37, blip.config.text_config.encoder_hidden_size))
+    ids = np.arange(6)[:, None] + 5  # every row its own token: a wrong reorder shows in the logits
+
+    def run(eager: bool) -> list[np.ndarray]:
+        session = decoder.start(states.astype(np.float32), np.ones((2, 37), dtype=np.int64), num_beams=3)
+        out = []
+        first = [np.array([0, 0, 0, 1, 1, 1])]
+        for orders in (first, [np.array([2, 0, 1, 5, 5, 3]), np.array([1, 1, 0, 4, 3, 5])]):
+            for rows in orders:
+                session.reorder(rows)
+                if eager:
+                    session.apply_reorder()
+                else:
+                    assert session.pending is not None  # nothing moved before the step
+            out.append(session.step(ids))
+        session.reorder(np.arange(6))  # every beam kept its own history: nothing pending
+        assert session.pending is None
+        return out
+
+    assert all(np.array_equal(a, b) for a, b in zip(run(eager=False), run(eager=True), strict=True))
+
+
 def test_only_candidates_cross_from_the_device(models, fixture_checkpoints, images):
     """With the checkpoints' processors (forced language code and end token), no step sends whole rows."""
     from captioning.decoding import generate

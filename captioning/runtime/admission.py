@@ -2,15 +2,16 @@
 that would only time out in the queue, or finish after its own timeout, is refused at once
 (docs/reliability.md) instead of being shed late or decoded for a client that has gone.
 
-It is measured, not configured: what one cohort's step costs (every engine step is timed and divided by the
-cohorts it advanced: each its own graph call on the ONNX graphs; on the torch runner, where cohorts share one
-forward pass, the average, which overstates what one more cohort adds, so the forecast errs towards refusing),
+It is measured, not configured: what a step costs as a function of the cohorts it advances (every engine step
+is timed; `StepCost` fits seconds = fixed + per cohort x cohorts over the recent steps: on the ONNX graphs each
+cohort is its own graph call, so the fixed part is about nil; on the torch runner cohorts share one forward pass
+whose weights are read once, so most of a step is the fixed part, and scaling the average per cohort would
+forecast a step of sixteen cohorts at several times its cost and refuse requests the server would serve in time),
 the gap between two steps (Triton rescheduling every request in flight and the stub's round trip: with small
 models, as much as the step itself), and the share of its most steps a cohort takes (end of sequence often comes
-early). The forecast then replays the queue: each running
-cohort frees its rows when its steps left are done, the waiting requests join in arrival order as rows free,
-and every step costs as many cohort steps as cohorts would run, counting each waiting request as a cohort of its
-own (the worst case).
+early). The forecast then replays the queue: each running cohort frees its rows when its steps left are done,
+the waiting requests join in arrival order as rows free, and every step costs what the fitted line gives for the
+cohorts that would run, counting each waiting request as a cohort of its own (the worst case).
 
 What the replay misses (a step costs more as the requests in flight grow, after a request was forecast) is
 measured too: each request that waited is compared with its forecast, and later forecasts are scaled by the
@@ -25,6 +26,8 @@ from collections import deque
 from collections.abc import Sequence
 
 SMOOTHING = 0.3  # weight of the newest measurement in the running estimates
+RECENT_STEPS = 64  # the step cost is fitted over this many recent steps
+MIN_FIT_STEPS = 8  # fewer, or all with one cohort count: the cost of a pass times the passes
 MIN_FORECAST_S = 0.5  # waits forecast shorter than this do not correct the forecast
 MAX_BIAS = 4.0  # one stalled wait (a reload, a pause) does not refuse everything after it
 RECENT_WAITS = 32  # the forecast's correction is the worst of this many recent waits
@@ -34,18 +37,67 @@ def _smoothed(old: float | None, new: float, weight: float) -> float:
     return new if old is None else old + weight * (new - old)
 
 
+class StepCost:
+    """Seconds a step takes to advance n cohorts: fixed + per cohort x n, least squares over the recent steps;
+    until they span several counts, the smoothed cost of a forward pass times the passes n cohorts take (one
+    where the decoder merges cohorts into one pass, n where each is its own graph call)."""
+
+    def __init__(self, smoothing: float = SMOOTHING) -> None:
+        self.smoothing = smoothing
+        self.pass_s: float | None = None  # smoothed seconds per forward pass; None before a step was timed
+        self.merged = False  # the last step with several cohorts ran them in fewer passes
+        self.samples: deque[tuple[int, float]] = deque(maxlen=RECENT_STEPS)
+
+    def observe(self, seconds: float, cohorts: int, passes: int) -> None:
+        if cohorts > 0 and passes > 0:
+            self.pass_s = _smoothed(self.pass_s, seconds / passes, self.smoothing)
+            if cohorts > 1:
+                self.merged = passes < cohorts
+            self.samples.append((cohorts, seconds))
+
+    def line(self) -> tuple[float, float] | None:
+        """(fixed s, per cohort s) fitted to the recent steps; None while they cannot separate the two."""
+        if len(self.samples) < MIN_FIT_STEPS:
+            return None
+        count = len(self.samples)
+        mean_n = sum(n for n, _ in self.samples) / count
+        mean_t = sum(t for _, t in self.samples) / count
+        spread = sum((n - mean_n) ** 2 for n, _ in self.samples)
+        if spread == 0:
+            return None
+        slope = sum((n - mean_n) * (t - mean_t) for n, t in self.samples) / spread
+        if slope < 0:  # noise over a flat cost: every step costs the mean
+            return mean_t, 0.0
+        fixed = mean_t - slope * mean_n
+        if fixed < 0:  # noise over a cost per cohort: the line through the origin
+            return 0.0, sum(n * t for n, t in self.samples) / sum(n * n for n, _ in self.samples)
+        return fixed, slope
+
+    def seconds(self, cohorts: int) -> float:
+        assert self.pass_s is not None
+        line, cohorts = self.line(), max(1, cohorts)
+        if line is not None:
+            return line[0] + line[1] * cohorts
+        return self.pass_s * (1 if self.merged else cohorts)
+
+
 class WaitForecast:
     def __init__(self, smoothing: float = SMOOTHING) -> None:
         self.smoothing = smoothing
-        self.cohort_step_s: float | None = None  # one step of one cohort; None before a step was timed
+        self.step_cost = StepCost(smoothing)
         self.gap_s: float | None = None  # from the end of one step to the start of the next, while busy
         self.share = 1.0  # steps a finished cohort took over its most; starts at the cautious end
         self.ratios: deque[float] = deque(maxlen=RECENT_WAITS)  # recent waits over their forecasts
 
-    def observe_step(self, seconds: float, cohorts: int) -> None:
-        """Record how long an engine step took to advance `cohorts` cohorts."""
-        if cohorts > 0:
-            self.cohort_step_s = _smoothed(self.cohort_step_s, seconds / cohorts, self.smoothing)
+    @property
+    def pass_s(self) -> float | None:
+        """The smoothed seconds of a forward pass; None before a step was timed."""
+        return self.step_cost.pass_s
+
+    def observe_step(self, seconds: float, cohorts: int, passes: int | None = None) -> None:
+        """Record how long an engine step took to advance `cohorts` cohorts in `passes` forward passes (by
+        default one per cohort)."""
+        self.step_cost.observe(seconds, cohorts, cohorts if passes is None else passes)
 
     def observe_gap(self, seconds: float) -> None:
         """Record the time between a step that left requests in flight and the next step."""
@@ -62,12 +114,11 @@ class WaitForecast:
         return min(MAX_BIAS, max([1.0, *self.ratios]))
 
     def _step_s(self, cohorts: int) -> float:
-        assert self.cohort_step_s is not None
-        return (self.cohort_step_s * max(1, cohorts) + (self.gap_s or 0.0)) * self.bias
+        return (self.step_cost.seconds(cohorts) + (self.gap_s or 0.0)) * self.bias
 
     def decode_s(self, steps: float, cohorts: int) -> float | None:
         """Seconds `steps` steps take while `cohorts` cohorts step together."""
-        return None if self.cohort_step_s is None else steps * self._step_s(cohorts)
+        return None if self.pass_s is None else steps * self._step_s(cohorts)
 
     def observe_cohort(self, steps: int, most: int) -> None:
         """Record a cohort that reached its answers after `steps` of at most `most` steps."""
@@ -84,7 +135,7 @@ class WaitForecast:
         """(seconds before it joins, seconds it then decodes) of the last of `waiting`, given the running
         cohorts as (steps left, rows) and the waiting requests as (rows, steps) in arrival order; None while no
         step was timed or when it has more rows than may ever decode."""
-        if self.cohort_step_s is None or not waiting or waiting[-1][0] > max_rows:
+        if self.pass_s is None or not waiting or waiting[-1][0] > max_rows:
             return None
         step_s = self._step_s(min(max_rows, len(running) + len(waiting)))
         frees = [(left * step_s, rows) for left, rows in running]

@@ -1,6 +1,6 @@
-"""The wait forecast replays the queue at the measured cost of a cohort's step: running cohorts free their rows
-when their expected steps are done, waiting requests join in arrival order, each step costs as many cohort
-steps as cohorts would run, and nothing is forecast before a step was timed."""
+"""The wait forecast replays the queue at the measured cost of a step: running cohorts free their rows when
+their expected steps are done, waiting requests join in arrival order, each step costs its fixed part plus its
+part per cohort (fitted to the recent steps), and nothing is forecast before a step was timed."""
 
 from __future__ import annotations
 
@@ -50,8 +50,42 @@ def test_steps_left_follow_how_early_cohorts_end():
 def test_the_step_cost_follows_the_load():
     forecast = WaitForecast(smoothing=0.5)
     forecast.observe_step(1.0, cohorts=1)
-    forecast.observe_step(6.0, cohorts=2)  # a step of two cohorts: 3 s each
-    assert forecast.cohort_step_s == pytest.approx(2.0)
+    forecast.observe_step(6.0, cohorts=2)  # a step of two cohorts, a pass each: 3 s per pass
+    assert forecast.pass_s == pytest.approx(2.0)
+
+
+def _observed(cost, counts, merged: bool = False) -> WaitForecast:
+    forecast = WaitForecast()
+    for n in counts:
+        forecast.observe_step(cost(n), cohorts=n, passes=1 if merged else n)
+    return forecast
+
+
+def test_a_merged_step_is_forecast_by_its_fixed_and_per_cohort_cost():
+    # the torch runner: cohorts share one forward pass, so a step is mostly the weights read once
+    forecast = _observed(lambda n: 0.4 + 0.05 * n, [1, 2, 3, 4, 3, 2, 4, 3, 2, 1], merged=True)
+    assert forecast.step_cost.line() == pytest.approx((0.4, 0.05))
+    assert forecast.decode_s(10, cohorts=16) == pytest.approx(10 * (0.4 + 0.05 * 16))
+
+
+def test_separate_graph_calls_are_forecast_per_cohort():
+    # the ONNX graphs: every cohort its own call, so the fit has no fixed part (a negative one is noise)
+    forecast = _observed(lambda n: 0.3 * n - (0.01 if n == 1 else 0.0), [1, 2, 3, 4] * 3)
+    fixed, per_cohort = forecast.step_cost.line()
+    assert fixed == 0.0 and per_cohort == pytest.approx(0.3, rel=0.01)
+    assert forecast.decode_s(1, cohorts=16) == pytest.approx(16 * 0.3, rel=0.01)
+
+
+def test_until_the_fit_separates_its_parts_a_step_costs_its_passes():
+    merged = _observed(lambda n: 0.4 + 0.05 * n, [2, 3, 3], merged=True)  # too few steps to fit
+    assert merged.step_cost.line() is None
+    assert merged.decode_s(1, cohorts=6) == pytest.approx(merged.pass_s)  # one pass, however many cohorts
+    apart = _observed(lambda n: 0.3 * n, [2, 3, 3])
+    assert apart.decode_s(1, cohorts=6) == pytest.approx(6 * 0.3)  # a pass per cohort
+    one_count = _observed(lambda n: 0.6, [3] * 20)
+    assert one_count.step_cost.line() is None and one_count.decode_s(1, cohorts=3) == pytest.approx(0.6)
+    flat = _observed(lambda n: 0.6 - 0.01 * n, [1, 2, 3, 4] * 3)  # cheaper with more cohorts: noise
+    assert flat.step_cost.line() == pytest.approx((0.575, 0.0))
 
 
 def test_a_request_wider_than_the_batch_is_left_to_the_caller():

@@ -3,10 +3,10 @@ that would only time out in the queue, or finish after its own timeout, is refus
 (docs/reliability.md) instead of being shed late or decoded for a client that has gone.
 
 It is measured, not configured: what a step costs as a function of the cohorts it advances (every engine step
-is timed; `StepCost` fits seconds = fixed + per cohort x cohorts over the recent steps: on the ONNX graphs each
-cohort is its own graph call, so the fixed part is about nil; on the torch runner cohorts share one forward pass
-whose weights are read once, so most of a step is the fixed part, and scaling the average per cohort would
-forecast a step of sixteen cohorts at several times its cost and refuse requests the server would serve in time),
+is timed, `StepCost`: on the ONNX graphs each cohort is its own graph call, so a step costs a call per cohort;
+on the torch runner cohorts share one forward pass whose weights are read once, so a step is a fixed part plus a
+small part per cohort, fitted to the recent steps, and scaling the average per cohort would forecast a step of
+sixteen cohorts at several times its cost and refuse requests the server would serve in time),
 the gap between two steps (Triton rescheduling every request in flight and the stub's round trip: with small
 models, as much as the step itself), and the share of its most steps a cohort takes (end of sequence often comes
 early). The forecast then replays the queue: each running cohort frees its rows when its steps left are done,
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 SMOOTHING = 0.3  # weight of the newest measurement in the running estimates
 RECENT_STEPS = 64  # the step cost is fitted over this many recent steps
-MIN_FIT_STEPS = 8  # fewer, or all with one cohort count: the cost of a pass times the passes
+MIN_FIT_STEPS = 8  # fewer, or all with one cohort count: a merged step costs one pass
 MIN_FORECAST_S = 0.5  # waits forecast shorter than this do not correct the forecast
 MAX_BIAS = 4.0  # one stalled wait (a reload, a pause) does not refuse everything after it
 RECENT_WAITS = 32  # the forecast's correction is the worst of this many recent waits
@@ -38,21 +38,28 @@ def _smoothed(old: float | None, new: float, weight: float) -> float:
 
 
 class StepCost:
-    """Seconds a step takes to advance n cohorts: fixed + per cohort x n, least squares over the recent steps;
-    until they span several counts, the smoothed cost of a forward pass times the passes n cohorts take (one
-    where the decoder merges cohorts into one pass, n where each is its own graph call)."""
+    """Seconds a step takes to advance n cohorts. Where each cohort is its own graph call (the ONNX graphs),
+    the smoothed cost of a pass times n. Where the decoder merges cohorts into one pass (the torch runner), a
+    fixed part plus a part per cohort, least squares over the recent steps; until they span several counts,
+    the cost of one pass."""
 
     def __init__(self, smoothing: float = SMOOTHING) -> None:
         self.smoothing = smoothing
         self.pass_s: float | None = None  # smoothed seconds per forward pass; None before a step was timed
-        self.merged = False  # the last step with several cohorts ran them in fewer passes
+        self.merged = False  # the decoder runs the cohorts of a step in one pass
+        self.steps = 0
         self.samples: deque[tuple[int, float]] = deque(maxlen=RECENT_STEPS)
 
-    def observe(self, seconds: float, cohorts: int, passes: int) -> None:
-        if cohorts > 0 and passes > 0:
-            self.pass_s = _smoothed(self.pass_s, seconds / passes, self.smoothing)
-            if cohorts > 1:
-                self.merged = passes < cohorts
+    def observe(self, seconds: float, cohorts: int, passes: int, merged: bool = False) -> None:
+        """The process's first step pays one-time costs (weights paged in, kernels chosen: 1.6 s against about
+        0.05 s for BLIP's step on the torch runner): it stands until the second replaces it, and is not fitted."""
+        if cohorts <= 0 or passes <= 0:
+            return
+        self.steps += 1
+        self.merged = self.merged or merged or passes < cohorts
+        weight = 1.0 if self.steps == 2 else self.smoothing
+        self.pass_s = _smoothed(self.pass_s, seconds / passes, weight)
+        if self.steps > 1:
             self.samples.append((cohorts, seconds))
 
     def line(self) -> tuple[float, float] | None:
@@ -75,10 +82,11 @@ class StepCost:
 
     def seconds(self, cohorts: int) -> float:
         assert self.pass_s is not None
-        line, cohorts = self.line(), max(1, cohorts)
-        if line is not None:
-            return line[0] + line[1] * cohorts
-        return self.pass_s * (1 if self.merged else cohorts)
+        cohorts = max(1, cohorts)
+        if not self.merged:
+            return self.pass_s * cohorts
+        line = self.line()
+        return self.pass_s if line is None else line[0] + line[1] * cohorts
 
 
 class WaitForecast:
@@ -94,10 +102,12 @@ class WaitForecast:
         """The smoothed seconds of a forward pass; None before a step was timed."""
         return self.step_cost.pass_s
 
-    def observe_step(self, seconds: float, cohorts: int, passes: int | None = None) -> None:
+    def observe_step(
+        self, seconds: float, cohorts: int, passes: int | None = None, merged: bool = False
+    ) -> None:
         """Record how long an engine step took to advance `cohorts` cohorts in `passes` forward passes (by
-        default one per cohort)."""
-        self.step_cost.observe(seconds, cohorts, cohorts if passes is None else passes)
+        default one per cohort); `merged`: the decoder runs a step's cohorts in one pass."""
+        self.step_cost.observe(seconds, cohorts, cohorts if passes is None else passes, merged)
 
     def observe_gap(self, seconds: float) -> None:
         """Record the time between a step that left requests in flight and the next step."""

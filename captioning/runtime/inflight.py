@@ -33,7 +33,7 @@ from collections.abc import Callable, Hashable, Sequence
 from captioning import contract
 from captioning.decoding import GenerationCancelled, GenerationSettings, Progress, StepCall
 from captioning.runtime.admission import WaitForecast
-from captioning.runtime.merging import run_calls
+from captioning.runtime.merging import merges, run_calls
 
 LOG = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class InflightEngine:
         self.passes = 0  # forward passes run (merged or not)
         self.cohort_steps = 0  # forward steps the cohorts asked for; more than `passes` where they merged
         self.next_report: float | None = None
-        self.warm = False  # a step has run in this process (see `step`)
+        self.merging = False  # the decoder runs a step's cohorts in one forward pass
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self.known
@@ -150,13 +150,8 @@ class InflightEngine:
             self.forecast.observe_gap(started - self.busy_since)
         self._advance(answered)
         ended, passes = self.clock(), self.passes - passes
-        # What a step costs at this load, but not the process's first step: it pays one-time costs (weights
-        # paged in, kernels chosen; 1.6 s against about 0.05 s for BLIP's step on the torch runner), and a
-        # forecast from it refused a burst of requests that were then served in a quarter of their timeout.
-        if stepping and self.warm:
-            # (no passes counted: the searches ran their own forward steps, one per cohort)
-            self.forecast.observe_step(ended - started, stepping, passes or stepping)
-        self.warm = self.warm or stepping > 0
+        if stepping:  # what a step costs at this load (no passes: the searches ran their own, one each)
+            self.forecast.observe_step(ended - started, stepping, passes or stepping, self.merging)
         self.known -= answered.keys()
         # Requests left in flight are rescheduled at once; otherwise the next step waits for an arrival.
         self.busy_since = ended if self.known else None
@@ -304,6 +299,7 @@ class InflightEngine:
             if cohort.open and cohort.call is None:
                 self._send(cohort, None, answered)
         waiting = [c for c in self.cohorts if c.open and c.call is not None]
+        self.merging = self.merging or (self.merge and any(merges(c.call) for c in waiting))
         results, passes = run_calls([c.call for c in waiting], self.merge)
         self._count(len(waiting), passes)
         for cohort, result in zip(waiting, results, strict=True):

@@ -21,6 +21,11 @@ def _merger(call: StepCall):
     return getattr(getattr(call.session, "decoder", None), "step_merged", None)
 
 
+def merges(call: StepCall) -> bool:
+    """Whether `call`'s decoder runs the steps of several searches in one pass."""
+    return _merger(call) is not None
+
+
 def run_calls(calls: Sequence[StepCall], merge: bool = True) -> tuple[list[object], int]:
     """Each call's result (or the exception it raised), and how many forward passes that took (`merge`
     False: one per call, to measure what merging buys)."""

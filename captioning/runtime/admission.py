@@ -10,7 +10,7 @@ sixteen cohorts at several times its cost and refuse requests the server would s
 the gap between two steps (Triton rescheduling every request in flight and the stub's round trip: with small
 models, as much as the step itself), and the share of its most steps a cohort takes (end of sequence often comes
 early). The forecast then replays the queue: each running cohort frees its rows when its steps left are done,
-the waiting requests join in arrival order as rows free, and every step costs what the fitted line gives for the
+the waiting requests join in arrival order as rows free, and every step costs what `StepCost` gives for the
 cohorts that would run, counting each waiting request as a cohort of its own (the worst case).
 
 What the replay misses (a step costs more as the requests in flight grow, after a request was forecast) is

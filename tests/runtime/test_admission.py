@@ -1,6 +1,7 @@
 """The wait forecast replays the queue at the measured cost of a step: running cohorts free their rows when
-their expected steps are done, waiting requests join in arrival order, each step costs its fixed part plus its
-part per cohort (fitted to the recent steps), and nothing is forecast before a step was timed."""
+their expected steps are done, waiting requests join in arrival order, each step costs a pass per cohort (or,
+where cohorts merge into one pass, a fixed part plus a part per cohort fitted to the recent steps), and nothing
+is forecast before a step was timed."""
 
 from __future__ import annotations
 

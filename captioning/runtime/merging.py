@@ -32,8 +32,7 @@ def run_calls(calls: Sequence[StepCall], merge: bool = True) -> tuple[list[objec
     results: list[object] = [None] * len(calls)
     groups: dict[tuple, list[int]] = {}
     for i, call in enumerate(calls):
-        merges = merge and _merger(call) is not None
-        key = (id(call.session.decoder), call.input_ids.shape[1]) if merges else ("alone", i)
+        key = (id(call.session.decoder), call.input_ids.shape[1]) if merge and merges(call) else ("alone", i)
         groups.setdefault(key, []).append(i)
     passes = 0
     for indices in groups.values():

@@ -105,5 +105,6 @@ PARAM_QUEUE_TIMEOUT_S = "queue_timeout_s"
 # How generators decode on CPU: their ONNX graphs in ONNX Runtime in their own process, other Triton models over
 # BLS, or the checkpoints' PyTorch modules in their own process (the torch runner: what GPU repositories use).
 TORCH_RUNNER = "torch"
-DECODER_RUNNERS = ("inprocess", "bls", TORCH_RUNNER)
+INPROCESS_RUNNER, BLS_RUNNER = "inprocess", "bls"
+DECODER_RUNNERS = (INPROCESS_RUNNER, BLS_RUNNER, TORCH_RUNNER)
 TARGETS = ("cpu", "gpu")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "captioning"
+sys.path.insert(0, str(ROOT / "scripts"))
+from lint_imports import package_dirs  # noqa: E402 - the one reading of pyproject's package map
+
+PACKAGES = package_dirs(ROOT)  # dotted name -> directory: captioning.export lives in export/, ...
+REPOSITORY = ROOT / "model_repository"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # What a Triton adapter may import: the glue, the runtime it drives, the contract, and numpy.
@@ -26,10 +27,37 @@ ADAPTER_IMPORTS = (
 
 
 def _lint_imports(*args: str) -> subprocess.CompletedProcess:
-    binary = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
-    if binary is None:
-        pytest.fail("lint-imports is not installed (it is part of the [dev] extra)")
-    return subprocess.run([binary, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    script = ROOT / "scripts" / "lint_imports.py"
+    return subprocess.run(
+        [sys.executable, str(script), *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the installed package (the adapters are data)."""
+    modules = {}
+    for name, directory in PACKAGES.items():
+        for path in directory.rglob("*.py"):
+            relative = path.relative_to(directory).with_suffix("")
+            if "__pycache__" in relative.parts or (
+                name.endswith("model_repository") and len(relative.parts) > 1
+            ):
+                continue
+            parts = [p for p in relative.parts if p != "__init__"]
+            modules[".".join([name, *parts])] = path
+    return modules
+
+
+def test_the_top_level_shows_the_deliverables():
+    top = {p.name for p in ROOT.iterdir() if not p.name.startswith(".")}
+    assert {"model_repository", "export", "client", "training", "tests", "docker", "README.md"} <= top
+    assert {PACKAGES[f"captioning.{name}"] for name in ("export", "client", "training")} == {
+        ROOT / "export",
+        ROOT / "client",
+        ROOT / "training",
+    }
+    for name in ("export", "client", "training"):
+        assert not (ROOT / "captioning" / name).exists(), f"captioning/{name} shadows the top-level {name}/"
 
 
 def test_import_contracts_hold():
@@ -47,7 +75,7 @@ def test_the_import_checker_catches_a_violation(tmp_path):
         'name = "planted"\ntype = "forbidden"\n'
         'source_modules = ["captioning.runtime"]\nforbidden_modules = ["captioning.decoding"]\n'
     )
-    result = _lint_imports("--config", str(config))
+    result = _lint_imports(str(config))
     assert result.returncode != 0
     assert "BROKEN" in result.stdout and "captioning.runtime" in result.stdout
 
@@ -63,7 +91,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_adapters_touch_only_the_glue_runtime_and_contract():
-    adapters = sorted((PACKAGE / "backend" / "models").glob("*/model.py"))
+    adapters = sorted({p.resolve() for p in REPOSITORY.glob("*/1/model.py")})  # graph models share one
     assert len(adapters) == 4
     for adapter in adapters:
         outside = {
@@ -75,9 +103,9 @@ def test_adapters_touch_only_the_glue_runtime_and_contract():
 
 
 def test_only_the_backend_imports_triton_python_backend_utils():
-    for path in PACKAGE.rglob("*.py"):
+    for module, path in _modules().items():
         if any(name.split(".")[0] == "triton_python_backend_utils" for name in _imports(path)):
-            assert path.relative_to(PACKAGE).parts[0] == "backend", path
+            assert module.startswith("captioning.backend."), path
 
 
 def _functions(tree: ast.AST):
@@ -88,7 +116,7 @@ def _functions(tree: ast.AST):
 
 def test_modules_and_functions_stay_small():
     long_modules, long_functions = [], []
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in sorted({*_modules().values(), *REPOSITORY.glob("*/1/model.py")}):
         text = path.read_text()
         if text.count("\n") > MAX_MODULE_LINES:
             long_modules.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")

@@ -60,7 +60,7 @@ class Baseline:
             LOG.info("baseline pass %d (%s): %.3f images/s", number, slot, rate)
 
     def result(self) -> dict:
-        from captioning.bench.report import percentile, summary
+        from captioning.bench.stats import percentile, summary
 
         return {
             "threads": self.threads,

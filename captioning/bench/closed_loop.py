@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from captioning.bench.report import percentile
+from captioning.bench.stats import percentile
 
 
 def is_iterative(config_text: str) -> bool:

@@ -78,7 +78,7 @@ def _texts(count: int) -> list[str]:
 
 
 def _row(name: str, outputs: list[str], seconds: float, latencies: list[float], **extra) -> dict:
-    from captioning.bench.report import percentile
+    from captioning.bench.stats import percentile
 
     return {
         "name": name,

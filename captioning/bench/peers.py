@@ -40,7 +40,7 @@ class PeerRow:
     skipped: str | None = None  # why the peer was not measured
 
     def to_dict(self) -> dict:
-        from captioning.bench.report import percentile, summary
+        from captioning.bench.stats import percentile, summary
 
         out: dict = {"name": self.name, "stage": self.stage, "skipped": self.skipped}
         if self.rates:

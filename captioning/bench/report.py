@@ -7,7 +7,6 @@ import json
 import math
 import os
 import platform
-import statistics
 from pathlib import Path
 
 from captioning import contract
@@ -15,27 +14,6 @@ from captioning.bench.comparison import format_peers, plot_translation
 from captioning.bench.peers import PIPELINE
 
 # ------------------------------------------------------------------------------------------ summaries
-
-
-def summary(values: list[float]) -> dict:
-    """Median with the spread across repeats (min/max and quartiles)."""
-    ordered = sorted(values)
-    quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
-    return {
-        "median": statistics.median(ordered),
-        "min": ordered[0],
-        "max": ordered[-1],
-        "q1": quartiles[0],
-        "q3": quartiles[2],
-        "n": len(ordered),
-    }
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile, as perf_analyzer computes its latency percentiles."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(len(ordered) * pct / 100))
-    return ordered[rank - 1]
 
 
 def model_statistics(http_url: str) -> dict[str, dict[str, int]]:

@@ -93,7 +93,8 @@ def measure(
     from captioning.bench.closed_loop import closed_loop
     from captioning.bench.memory import PeakMemory
     from captioning.bench.perf_analyzer import PerfRun
-    from captioning.bench.report import add_counters, breakdown, model_statistics, stats_delta, summary
+    from captioning.bench.report import add_counters, breakdown, model_statistics, stats_delta
+    from captioning.bench.stats import summary
 
     run = PerfRun(
         model=model,

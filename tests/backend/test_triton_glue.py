@@ -18,7 +18,7 @@ import fake_pb_utils
 from fake_pb_utils import FakeRequest
 from fakes import SETTINGS, FakeDecoder, FakeEncoder, FakeTokenizer
 
-MODELS = Path(__file__).resolve().parents[2] / "captioning" / "backend" / "models"
+MODELS = Path(__file__).resolve().parents[2] / "model_repository"
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def glue(pb):
 
 
 def _adapter(name: str):
-    spec = importlib.util.spec_from_file_location(f"adapter_{name}", MODELS / name / "model.py")
+    spec = importlib.util.spec_from_file_location(f"adapter_{name}", MODELS / name / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.TritonPythonModel.__new__(module.TritonPythonModel)  # initialize() needs a real repository

@@ -102,6 +102,7 @@ def test_perf_run_burst_is_one_window(tmp_path) -> None:
 def test_unsettled_steady_state_falls_back_to_one_burst(monkeypatch, tmp_path) -> None:
     from captioning.bench import report as bench_report
     from captioning.bench import run as bench
+    from captioning.bench import stats as bench_stats
 
     calls = []
 
@@ -123,7 +124,7 @@ def test_unsettled_steady_state_falls_back_to_one_burst(monkeypatch, tmp_path) -
     with pytest.raises(pa.PerfAnalyzerError, match="connection refused"):  # only instability falls back
         bench._one_measurement(run, tmp_path)
 
-    summary = bench_report.summary([1.5])
+    summary = bench_stats.summary([1.5])
     result = {"label": "t", "model": "translator", "concurrency": 4, "windows": [window], "server": {}}
     result.update({k: summary for k in ("throughput", "p50_ms", "p95_ms", "p99_ms", "avg_ms")})
     results = {

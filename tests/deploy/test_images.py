@@ -113,3 +113,12 @@ def test_compose_file_serves_one_gpu_node():
     assert compose["services"]["prometheus"]["profiles"] == ["monitoring"]
     for volume in compose["services"]["grafana"]["volumes"]:
         assert (DOCKER / volume.split(":")[0]).resolve().is_file(), volume
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cpu"])
+def test_images_copy_every_folder_the_package_is_built_from(dockerfile):
+    """No image is built here, so a folder missing from the COPY lines would only show in a user's build."""
+    mapped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    copied = dict(re.findall(r"^COPY (\S+) \./(\S+)$", (DOCKER / dockerfile).read_text(), re.MULTILINE))
+    for folder in mapped.values():
+        assert copied.get(folder) == folder, f"{dockerfile} does not COPY {folder}/ (pyproject maps it)"

@@ -25,6 +25,9 @@ from captioning.server.launcher import free_port
 from serving_helpers import Reference, assert_all_equal
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+from lint_imports import package_dirs  # noqa: E402 - pyproject's package map
+
 pytestmark = pytest.mark.integration
 
 
@@ -37,7 +40,9 @@ def installed(tmp_path_factory) -> Path:
     """A virtual environment with the project installed from a copy of its sources, not editable."""
     work = tmp_path_factory.mktemp("packaging")
     source = work / "source"
-    shutil.copytree(ROOT / "captioning", source / "captioning", ignore=shutil.ignore_patterns("__pycache__"))
+    for directory in package_dirs(ROOT).values():  # captioning/ and the top-level folders mapped into it
+        target = source / directory.relative_to(ROOT)
+        shutil.copytree(directory, target, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
     env = work / "venv"
@@ -64,11 +69,15 @@ def test_the_installed_package_is_used(installed, tmp_path):
     found = _run(installed, "python", "-c", "import captioning; print(captioning.__file__)", cwd=tmp_path)
     assert found.returncode == 0, found.stderr
     assert Path(found.stdout.strip()).is_relative_to(installed), found.stdout
-    adapters = sorted(
-        p.parent.name
-        for p in (_site_packages(installed) / "captioning" / "backend" / "models").glob("*/model.py")
+    tree = _site_packages(installed) / "captioning" / "model_repository"
+    assert sorted(p.parent.parent.name for p in tree.glob("*/1/model.py")) == sorted(
+        p.parent.parent.name for p in (ROOT / "model_repository").glob("*/1/model.py")
     )
-    assert adapters == ["caption_generator", "image_preprocess", "onnx_graph", "translator"]
+    assert sorted(p.parent.name for p in tree.glob("*/config.pbtxt")) == sorted(
+        p.parent.name for p in (ROOT / "model_repository").glob("*/config.pbtxt")
+    )
+    for package in ("export", "client", "training"):
+        assert (_site_packages(installed) / "captioning" / package / "__init__.py").is_file()
 
 
 def test_export_and_serve_from_a_plain_install(installed, fixture_checkpoints, flickr_images, tmp_path):
@@ -86,7 +95,7 @@ def test_export_and_serve_from_a_plain_install(installed, fixture_checkpoints, f
     )  # fmt: skip
     assert export.returncode == 0, export.stdout + export.stderr
     assert (repository / "translator" / "1" / "model.py").read_bytes() == (
-        ROOT / "captioning" / "backend" / "models" / "translator" / "model.py"
+        ROOT / "model_repository" / "translator" / "1" / "model.py"
     ).read_bytes()
 
     http, grpc, metrics = free_port(), free_port(), free_port()

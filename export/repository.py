@@ -20,6 +20,7 @@ LOG = logging.getLogger(__name__)
 
 GRAPH_MODELS = contract.GRAPH_MODELS
 GENERATOR_GRAPHS = contract.GENERATOR_GRAPHS
+GRAPH_ADAPTER = contract.VISION_MODEL  # every graph model runs the same ONNX Runtime adapter
 
 
 def _dynamic(names: list[str], dtype_of) -> tuple[TensorSpec, ...]:
@@ -218,8 +219,7 @@ def write_repository(
         version = output / spec.name / "1"
         version.mkdir(parents=True, exist_ok=True)
         if spec.backend == "python":
-            adapter = "onnx_graph" if spec.name in GRAPH_MODELS else spec.name
-            (version / "model.py").write_bytes(adapter_source(adapter))
+            (version / "model.py").write_bytes(adapter_source(spec.name))
     files = {}  # graph -> its file, relative to the repository root
     for name in GRAPH_MODELS:
         if name in options.graph_models():
@@ -248,6 +248,7 @@ def write_repository(
             _generator_graphs(model, meta, files, output, assets, options),
         )
     _write_json(output / "manifest.json", manifest)
+    _copy_readme(output)
     LOG.info("wrote model repository %s (%d models)", output, len(written))
     return written
 
@@ -270,12 +271,20 @@ def _generator_graphs(
     return graphs_meta
 
 
-def adapter_source(name: str) -> bytes:
-    """A Triton adapter's `model.py`, read as package data so that non-editable installs find it too."""
-    resource = resources.files("captioning.backend") / "models" / name / "model.py"
+def adapter_source(model: str) -> bytes:
+    """A model's `1/model.py` from `model_repository/` (package data, so non-editable installs find it too);
+    every graph model runs blip_vision's ONNX Runtime adapter."""
+    name = GRAPH_ADAPTER if model in GRAPH_MODELS else model
+    resource = resources.files("captioning.model_repository") / name / "1" / "model.py"
     if not resource.is_file():
-        raise FileNotFoundError(f"no Triton adapter {name!r} in captioning.backend (broken install?)")
+        raise FileNotFoundError(f"no Triton adapter for {model!r} in model_repository/ (broken install?)")
     return resource.read_bytes()
+
+
+def _copy_readme(output: Path) -> None:
+    (output / "README.md").write_bytes(
+        (resources.files("captioning.model_repository") / "README.md").read_bytes()
+    )
 
 
 def _copy_graph(source: Path, target: Path) -> None:

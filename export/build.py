@@ -31,7 +31,7 @@ class BuildOptions:
     caption: Overrides = Overrides()
     translation: Overrides = Overrides()
     precision: str = (
-        "fp32"  # "int8": opt-in dynamic quantisation (captioning/export/quantize.py), not token-exact
+        "fp32"  # "int8": opt-in dynamic quantisation (export/quantize.py), not token-exact
     )
     # Opt-in: a `captioning trim-vocab` file; the translator decodes over those target ids only (not exact).
     translator_vocab: Path | None = None
@@ -159,14 +159,7 @@ def build_repository(
             "versions": _versions(),
         }
         _runner_assets(blip, mbart, work, graphs, assets, manifest, options)
-        repository = dataclasses.replace(
-            options.repository,
-            gpu=_gpu_options(options),
-            src_lang=options.source_lang,
-            # Longer text would index past mBART's learned positions.
-            max_source_tokens=min(options.repository.max_source_tokens, mbart.config.max_position_embeddings),
-            max_caption_tokens=mbart.config.max_position_embeddings,
-        )
+        repository = served_options(options, mbart.config.max_position_embeddings)
         staging = work / "repository"
         write_repository(staging, graphs, assets, settings, image_size, manifest, repository)
         if output.exists():
@@ -175,6 +168,18 @@ def build_repository(
         shutil.move(str(staging), str(output))
     LOG.info("model repository ready: %s", output)
     return output
+
+
+def served_options(options: BuildOptions, max_positions: int) -> RepositoryOptions:
+    """The repository options the configs are written with, completed from the build and the translator."""
+    return dataclasses.replace(
+        options.repository,
+        gpu=_gpu_options(options),
+        src_lang=options.source_lang,
+        # Longer text would index past mBART's learned positions.
+        max_source_tokens=min(options.repository.max_source_tokens, max_positions),
+        max_caption_tokens=max_positions,
+    )
 
 
 def _runner_assets(blip, mbart, work: Path, graphs: dict, assets: dict, manifest: dict, options) -> None:

@@ -42,7 +42,7 @@ class RepositoryOptions:
     max_source_tokens: int = contract.MAX_SOURCE_TOKENS
     max_caption_tokens: int = 1024  # the translator's encoder positions (set from the checkpoint at export)
     src_lang: str = contract.SOURCE_LANG
-    gpu: GpuOptions | None = None  # None: the CPU repository; see captioning/export/gpu.py
+    gpu: GpuOptions | None = None  # None: the CPU repository; see export/gpu.py
 
     @property
     def target(self) -> str:

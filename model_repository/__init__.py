@@ -1,0 +1,1 @@
+"""The served Triton model repository's source (README.md), installed as package data for `captioning export`."""

@@ -1,0 +1,1 @@
+../../blip_vision/1/model.py

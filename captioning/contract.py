@@ -108,3 +108,8 @@ TORCH_RUNNER = "torch"
 INPROCESS_RUNNER, BLS_RUNNER = "inprocess", "bls"
 DECODER_RUNNERS = (INPROCESS_RUNNER, BLS_RUNNER, TORCH_RUNNER)
 TARGETS = ("cpu", "gpu")
+
+# -- the server's control plane (docs/security.md) ---------------------------------------------------------
+# Triton serves the APIs that change it (model repository, shared memory, statistics, trace, logging) only to
+# requests carrying this header with the admin key; gRPC metadata keys are lower case.
+ADMIN_KEY_HEADER = "x-captioning-admin-key"

@@ -74,11 +74,11 @@ class Reference:
         return english, self.translate(english, translation_num_beams)
 
 
-def batch_stats(grpc_url: str, model: str) -> dict[int, int]:
+def batch_stats(server, model: str) -> dict[int, int]:
     """Executions per batch size, from the server's own statistics."""
     import tritonclient.grpc as grpcclient
 
-    with grpcclient.InferenceServerClient(grpc_url) as client:
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
         stats = client.get_inference_statistics(model, as_json=True)
     out: dict[int, int] = {}
     for entry in stats["model_stats"][0].get("batch_stats", []):

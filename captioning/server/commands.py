@@ -25,12 +25,47 @@ def serve_options(args: argparse.Namespace, repository):
 
     return ServerOptions(
         repository=repository if is_remote(repository) else Path(repository),
+        **access_options(args),
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         log_verbose=args.log_verbose,
         exit_timeout_s=args.exit_timeout,
         tritonserver=Path(args.tritonserver) if args.tritonserver else None,
+    )
+
+
+def access_options(args: argparse.Namespace) -> dict:
+    """Who can reach the server and change it: the bound address, the admin key, gRPC TLS (docs/security.md)."""
+    from captioning.server.security import GrpcTls, resolve_admin_key
+
+    tls = None
+    if args.grpc_tls_cert or args.grpc_tls_key:
+        if not (args.grpc_tls_cert and args.grpc_tls_key):
+            raise SystemExit("--grpc-tls-cert and --grpc-tls-key go together")
+        client_ca = Path(args.grpc_tls_client_ca) if args.grpc_tls_client_ca else None
+        tls = GrpcTls(Path(args.grpc_tls_cert), Path(args.grpc_tls_key), client_ca)
+    elif args.grpc_tls_client_ca:
+        raise SystemExit("--grpc-tls-client-ca needs --grpc-tls-cert and --grpc-tls-key")
+    key_file = Path(args.admin_key_file) if args.admin_key_file else None
+    return {"host": args.host, "admin_key": resolve_admin_key(key_file), "grpc_tls": tls}
+
+
+def add_access_arguments(parser: argparse.ArgumentParser, host: str) -> None:
+    parser.add_argument(
+        "--host",
+        default=host,
+        help=f"address the HTTP, gRPC and metrics ports listen on (default {host}; 0.0.0.0: every address)",
+    )
+    parser.add_argument(
+        "--admin-key-file",
+        help="file holding the key Triton's control plane (load/unload, shared memory, statistics, trace, logging) "
+        "asks for; default $CAPTIONING_ADMIN_KEY_FILE, then $CAPTIONING_ADMIN_KEY, else a random key per start",
+    )
+    parser.add_argument("--grpc-tls-cert", help="PEM server certificate: serve gRPC over TLS")
+    parser.add_argument("--grpc-tls-key", help="PEM private key of --grpc-tls-cert")
+    parser.add_argument(
+        "--grpc-tls-client-ca", help="PEM CA: gRPC clients must present a certificate it signed"
     )
 
 
@@ -57,6 +92,7 @@ def _node_start(args: argparse.Namespace) -> int:
             tritonserver=args.tritonserver,
             trtexec=args.trtexec,
             exit_timeout_s=args.exit_timeout,
+            access=access_options(args),
         )
     )
 
@@ -69,6 +105,7 @@ def _register_node_start(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--tritonserver", default="/opt/tritonserver/bin/tritonserver")
     node.add_argument("--trtexec", default="/usr/src/tensorrt/bin/trtexec")
     node.add_argument("--exit-timeout", type=int, default=30, help="drain time after SIGTERM, seconds")
+    add_access_arguments(node, host="0.0.0.0")  # nosec B104 - the container's entrypoint: the pod's network
     node.set_defaults(func=_node_start)
 
 
@@ -85,6 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--workdir", default="build/demo", help="where repositories built from checkpoints are cached"
     )
+    add_access_arguments(serve, host="127.0.0.1")
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)

@@ -25,6 +25,9 @@ class NodeOptions:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    # host, admin_key, grpc_tls for ServerOptions (captioning.server.commands.access_options); the host defaults
+    # to every address: the entrypoint runs inside a pod or container.
+    access: dict = dataclasses.field(default_factory=dict)
 
 
 def wants_engines(repository: Path) -> bool:
@@ -63,5 +66,6 @@ def start_node(options: NodeOptions) -> int:
             metrics_port=options.metrics_port,
             exit_timeout_s=options.exit_timeout_s,
             tritonserver=Path(options.tritonserver),
+            **{"host": "0.0.0.0", **options.access},  # nosec B104 - inside a pod; the NetworkPolicy guards it
         )
     )

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from captioning.runtime.cpu_slots import remove_server_slots
+from captioning.server.security import AdminKey, GrpcTls, local_address, redacted
 
 LOG = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class ServerError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class ServerOptions:
     repository: Path
+    # Where the three ports listen: loopback unless the operator opens them (`--host 0.0.0.0` or an address).
+    host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
@@ -52,6 +55,14 @@ class ServerOptions:
     # A system tritonserver (the NGC container's /opt/tritonserver/bin/tritonserver) instead of the pip
     # wheel's; it brings its own backends (onnxruntime, TensorRT, Python).
     tritonserver: Path | None = None
+    # The control plane's key (docs/security.md); None: a random one for this start. Opt-in gRPC TLS.
+    admin_key: AdminKey | None = dataclasses.field(default=None, repr=False)
+    grpc_tls: GrpcTls | None = None
+
+    @property
+    def local_host(self) -> str:
+        """Where this machine reaches the server (the launcher's readiness checks, the watchdog)."""
+        return local_address(self.host)
 
     @classmethod
     def on_free_ports(cls, repository: Path, **kwargs) -> ServerOptions:
@@ -138,7 +149,9 @@ def is_remote(repository: Path | str) -> bool:
     return str(repository).split("://", 1)[0] in REMOTE_SCHEMES and "://" in str(repository)
 
 
-def command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
+def command(options: ServerOptions, admin_key: AdminKey | None = None) -> tuple[list[str], dict[str, str]]:
+    """tritonserver's command line; the control plane restricted to `admin_key` (a random one without it)."""
+    admin_key = admin_key or options.admin_key or AdminKey.generate()
     if options.tritonserver is not None:
         binary, backend_args, env = Path(options.tritonserver), [], os.environ.copy()
     else:
@@ -151,9 +164,14 @@ def command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
         str(binary),
         f"--model-repository={repository}",
         *backend_args,
+        f"--http-address={options.host}",
         f"--http-port={options.http_port}",
+        f"--grpc-address={options.host}",
         f"--grpc-port={options.grpc_port}",
+        f"--metrics-address={options.host}",
         f"--metrics-port={options.metrics_port}",
+        *admin_key.server_args(),
+        *(options.grpc_tls.server_args() if options.grpc_tls is not None else []),
         "--allow-metrics=true",
         "--metrics-config=summary_latencies=true",  # p50/p95 per model for the dashboard
         f"--allow-gpu-metrics={'true' if options.tritonserver else 'false'}",  # the container's server sees the GPU
@@ -204,23 +222,38 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self.watchdog = None
         self._log_handle = None
+        # Known to this process only (the watchdog, tests, the bench); never logged.
+        self.admin_key = options.admin_key or AdminKey.generate()
 
     @property
     def http_url(self) -> str:
-        return f"localhost:{self.options.http_port}"
+        return f"{_url_host(self.options.local_host)}:{self.options.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"localhost:{self.options.grpc_port}"
+        return f"{_url_host(self.options.local_host)}:{self.options.grpc_port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """What an HTTP request to a restricted API of this server must carry."""
+        return self.admin_key.headers
+
+    @property
+    def admin_grpc_headers(self) -> dict[str, str]:
+        """What a gRPC call to a restricted protocol of this server must carry."""
+        return self.admin_key.grpc_headers
 
     def start(self) -> TritonServer:
         remote = is_remote(self.options.repository)
         if not remote and not Path(self.options.repository).is_dir():
             raise ServerError(f"model repository {self.options.repository} does not exist")
-        args, env = command(self.options)
+        if self.options.grpc_tls is not None:
+            self.options.grpc_tls.validate()
+        args, env = command(self.options, self.admin_key)
         if not remote and self.options.tritonserver is None:
             check_backends(Path(self.options.repository), server_layout()[1])
-        LOG.info("starting %s", " ".join(args))
+        LOG.info("starting %s", redacted(args, self.admin_key))
+        LOG.info("control plane restricted to the admin key from %s", self.admin_key.source)
         stdout = None
         if self.options.log_file is not None:
             self._log_handle = open(self.options.log_file, "ab")  # noqa: SIM115 - lives as long as the server
@@ -230,13 +263,15 @@ class TritonServer:
         if self.options.watchdog:
             from captioning.server.watchdog import StubWatchdog
 
-            self.watchdog = StubWatchdog(self.process.pid, self.options.http_port)
+            self.watchdog = StubWatchdog(
+                self.process.pid, self.options.http_port, self.admin_headers, host=self.options.local_host
+            )
             self.watchdog.start()
         return self
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.options.ready_timeout_s
-        url = f"http://127.0.0.1:{self.options.http_port}/v2/health/ready"
+        url = f"http://{_url_host(self.options.local_host)}:{self.options.http_port}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerError(
@@ -245,7 +280,7 @@ class TritonServer:
                 )
             with (
                 contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
-                urllib.request.urlopen(url, timeout=2) as response,
+                urllib.request.urlopen(url, timeout=2) as response,  # nosec B310 - an http:// URL built here
             ):
                 if response.status == 200:
                     LOG.info("tritonserver ready (http %s, grpc %s)", self.http_url, self.grpc_url)
@@ -293,6 +328,10 @@ class TritonServer:
         self.stop()
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 @contextlib.contextmanager
 def running_server(options: ServerOptions) -> Iterator[TritonServer]:
     with TritonServer(options) as server:
@@ -322,8 +361,9 @@ def serve_forever(options: ServerOptions) -> int:
     signal.signal(signal.SIGTERM, _handle)
     server.start()
     print(
-        f"tritonserver ready: gRPC localhost:{options.grpc_port}, HTTP localhost:{options.http_port}, "
-        f"metrics localhost:{options.metrics_port} (Ctrl-C stops it)",
+        f"tritonserver ready on {options.host}: gRPC :{options.grpc_port}{' (TLS)' if options.grpc_tls else ''}, "
+        f"HTTP :{options.http_port}, metrics :{options.metrics_port}; control plane closed to requests without "
+        f"the admin key ({server.admin_key.source}) (Ctrl-C stops it)",
         flush=True,
     )
     assert server.process is not None

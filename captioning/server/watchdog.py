@@ -47,9 +47,18 @@ def stub_models(server_pid: int) -> Counter:
 class StubWatchdog(threading.Thread):
     """Polls the server's stubs; reloads a model whose stub count fell. Stops with `stop()`."""
 
-    def __init__(self, server_pid: int, http_port: int, interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        server_pid: int,
+        http_port: int,
+        admin_headers: dict[str, str],
+        host: str = "127.0.0.1",
+        interval_s: float = 0.5,
+    ) -> None:
         super().__init__(name="stub-watchdog", daemon=True)
         self.server_pid, self.http_port, self.interval_s = server_pid, http_port, interval_s
+        # The repository API is restricted to the admin key (captioning/server/security.py).
+        self.host, self.admin_headers = host, dict(admin_headers)
         self.expected = stub_models(server_pid)
         self.restarts: list[tuple[float, str]] = []
         self._halt = threading.Event()
@@ -78,6 +87,8 @@ class StubWatchdog(threading.Thread):
         LOG.warning("model %s serves again after %.1f s", model, time.monotonic() - started)
 
     def _post(self, path: str) -> None:
-        url = f"http://127.0.0.1:{self.http_port}/v2/repository/models/{path}"
-        with urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=600):
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        url = f"http://{host}:{self.http_port}/v2/repository/models/{path}"
+        request = urllib.request.Request(url, data=b"{}", method="POST", headers=self.admin_headers)
+        with urllib.request.urlopen(request, timeout=600):  # nosec B310 - an http:// URL built here
             pass

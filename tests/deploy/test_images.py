@@ -106,7 +106,17 @@ def test_compose_file_serves_one_gpu_node():
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     triton = compose["services"]["triton"]
     assert triton["build"]["dockerfile"] == "docker/Dockerfile"
-    assert {p.split(":")[0].strip('"') for p in triton["ports"]} == {"8000", "8001", "8002"}
+    # Published on the loopback only by default: host:container, container port = host port.
+    published = [p.strip('"').split(":") for p in triton["ports"]]
+    assert {(host, port) for host, port, _ in published} == {
+        ("127.0.0.1", p) for p in ("8000", "8001", "8002")
+    }
+    for service in compose["services"].values():
+        assert all(str(p).startswith("127.0.0.1:") for p in service.get("ports", [])), service
+    # The admin key from a file, through a compose secret, never in the file itself.
+    assert compose["secrets"]["admin-key"]["file"] == "${CAPTIONING_ADMIN_KEY_FILE:-./admin-key}"
+    assert {"source": "admin-key", "target": "admin-key"} in triton["secrets"]
+    assert triton["environment"]["CAPTIONING_ADMIN_KEY_FILE"] == "/run/secrets/admin-key"
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert any(v.endswith(":/models") for v in triton["volumes"])
     assert int(triton["stop_grace_period"].rstrip("s")) > 30  # longer than the server's 30 s drain

@@ -58,4 +58,4 @@ def test_int8_serves_and_agrees_as_documented(int8_server, reference, image_byte
     assert translated / len(results) >= MIN_TRANSLATION_AGREEMENT, (
         f"only {translated}/{len(results)} translations agree"
     )
-    assert batch_stats(int8_server.grpc_url, "caption_generator")
+    assert batch_stats(int8_server, "caption_generator")

@@ -126,6 +126,16 @@ def test_abandoned_requests_stop_being_decoded(slow_server):
     assert waited < one * 4  # not behind two batches of abandoned work (8 requests in batches of 4)
 
 
+def _assert_control_plane_closed(http_url: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{http_url}/v2/repository/models/caption_generator/unload"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=30)  # nosec B310
+    assert refused.value.code == 403
+
+
 def test_a_killed_stub_is_restarted_and_readiness_never_lies(repository, flickr_images, tmp_path):
     import os
     import signal
@@ -138,6 +148,7 @@ def test_a_killed_stub_is_restarted_and_readiness_never_lies(repository, flickr_
 
     image = flickr_images[0].read_bytes()
     with serve(repository, tmp_path) as server, CaptionClient(server.grpc_url, timeout_s=30) as client:
+        _assert_control_plane_closed(server.http_url)  # the watchdog below reloads through it with the key
         first = client.caption(image)
         expected = (first.english, first.arabic)
         pid = next(

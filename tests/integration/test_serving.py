@@ -40,21 +40,21 @@ def test_captions_equal_generate(server, reference, image_bytes, protocol, mode)
 
 
 def test_concurrent_requests_are_batched(server, reference, image_bytes):
-    before = batch_stats(server.grpc_url, "caption_generator")
-    vision_before = batch_stats(server.grpc_url, "blip_vision")
+    before = batch_stats(server, "caption_generator")
+    vision_before = batch_stats(server, "blip_vision")
     images = image_bytes[:16]
     with CaptionClient(server.grpc_url, timeout_s=300) as client:
         results = client.caption_batch(images, max_in_flight=16)
     expected = [reference.both(data) for data in images]
     assert_all_equal([((r.english, r.arabic), e) for r, e in zip(results, expected, strict=True)], "captions")
-    after = batch_stats(server.grpc_url, "caption_generator")
+    after = batch_stats(server, "caption_generator")
     batched = {size: after.get(size, 0) - before.get(size, 0) for size in after if size > 1}
     assert sum(batched.values()) > 0, f"no batched executions of caption_generator: {after}"
-    translator = batch_stats(server.grpc_url, "translator")
+    translator = batch_stats(server, "translator")
     assert any(size > 1 for size in translator), f"translator never batched: {translator}"
     # On a CPU the vision encoder prefers one request per run (RepositoryOptions.vision_batching); with an
     # instance free, as here, every image runs alone
-    vision = batch_stats(server.grpc_url, "blip_vision")
+    vision = batch_stats(server, "blip_vision")
     runs = {size: vision.get(size, 0) - vision_before.get(size, 0) for size in vision}
     assert runs.get(1, 0) == len(images) and not any(n for size, n in runs.items() if size > 1), runs
 
@@ -252,16 +252,14 @@ def test_bls_runner_gives_the_same_captions(bls_server, reference, image_bytes):
         results = client.caption_batch(image_bytes[:8], options=options, max_in_flight=8)
     expected = [reference.both(data, 3, 2) for data in image_bytes[:8]]
     assert_all_equal([((r.english, r.arabic), e) for r, e in zip(results, expected, strict=True)], "captions")
-    assert batch_stats(bls_server.grpc_url, "blip_text_decoder"), (
-        "the decoder model was never called over BLS"
-    )
+    assert batch_stats(bls_server, "blip_text_decoder"), "the decoder model was never called over BLS"
 
 
-def _served_models(grpc_url: str) -> set[str]:
+def _served_models(server) -> set[str]:
     import tritonclient.grpc as grpcclient
 
-    with grpcclient.InferenceServerClient(grpc_url) as client:
-        index = client.get_model_repository_index(as_json=True)["models"]
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:  # the index is restricted to the key
+        index = client.get_model_repository_index(headers=server.admin_grpc_headers, as_json=True)["models"]
     return {m["name"] for m in index if m.get("state") == "READY"}
 
 
@@ -269,7 +267,7 @@ GENERATOR_ONLY = {"blip_cross_kv", "blip_text_decoder", "mbart_encoder", "mbart_
 
 
 def test_inprocess_repository_does_not_load_generator_graphs_twice(server, repository):
-    served = _served_models(server.grpc_url)
+    served = _served_models(server)
     assert {"arabic_caption", "english_caption", "translator", "blip_vision"} <= served
     assert not served & GENERATOR_ONLY, (
         "graphs the generators run themselves should not also be Triton models"
@@ -278,4 +276,4 @@ def test_inprocess_repository_does_not_load_generator_graphs_twice(server, repos
 
 
 def test_bls_repository_serves_every_graph(bls_server):
-    assert _served_models(bls_server.grpc_url) >= GENERATOR_ONLY
+    assert _served_models(bls_server) >= GENERATOR_ONLY

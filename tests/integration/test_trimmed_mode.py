@@ -66,4 +66,4 @@ def test_trimmed_modes_serve_and_agree_as_documented(trimmed_server, reference, 
         f"only {translated}/{len(results)} translations agree"
     )
     assert alone.strip(), "the translator alone answers with text"
-    assert batch_stats(server.grpc_url, "translator")
+    assert batch_stats(server, "translator")

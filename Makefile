@@ -7,19 +7,21 @@ STAMP := $(VENV)/.installed
 CAPTIONER ?= Salesforce/blip-image-captioning-base
 TRANSLATOR ?= facebook/mbart-large-50-many-to-many-mmt
 PYTEST_ARGS ?=
+CHECKOV := $(VENV)/tools/checkov/bin/checkov --config-file deploy/.checkov.yaml
 
 .PHONY: install demo test serve ui lint format configs clean
 
 install: $(STAMP)
 
 # torch is installed first and pinned, so pip takes the local CPU wheel and nothing pulls CUDA builds.
-$(STAMP): pyproject.toml scripts/install-system-deps.sh scripts/install-perf-analyzer.sh
+$(STAMP): pyproject.toml scripts/install-system-deps.sh scripts/install-perf-analyzer.sh scripts/install-checkov.sh
 	bash scripts/install-system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel "setuptools>=69"
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	VENV=$(VENV) bash scripts/install-perf-analyzer.sh
+	VENV=$(VENV) bash scripts/install-checkov.sh
 	touch $@
 
 demo: install
@@ -38,6 +40,10 @@ test: install
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/python scripts/lint_imports.py
 	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu
+	$(BIN)/bandit -q -c pyproject.toml -r captioning export client training model_repository -ll
+	mkdir -p build/k8s && for o in cpu gpu gpu-s3; do kubectl kustomize deploy/k8s/overlays/$$o > build/k8s/$$o.yaml || exit 1; done
+	$(CHECKOV) --framework kubernetes -f build/k8s/cpu.yaml -f build/k8s/gpu.yaml -f build/k8s/gpu-s3.yaml
+	$(CHECKOV) --framework dockerfile -f docker/Dockerfile -f docker/Dockerfile.cpu
 
 # model_repository/*/config.pbtxt from the typed specs, after a spec changed (a test fails until then).
 configs: install

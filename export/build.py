@@ -30,11 +30,13 @@ class BuildOptions:
     # checkpoints cost what trained ones do that way.
     caption: Overrides = Overrides()
     translation: Overrides = Overrides()
-    precision: str = (
-        "fp32"  # "int8": opt-in dynamic quantisation (export/quantize.py), not token-exact
-    )
+    precision: str = "fp32"  # "int8": opt-in dynamic quantisation (export/quantize.py), not token-exact
     # Opt-in: a `captioning trim-vocab` file; the translator decodes over those target ids only (not exact).
     translator_vocab: Path | None = None
+    # Hub revisions (branch, tag or commit sha) every file of that source is read at: model, config,
+    # generation config, processor, tokenizer. None: the hub's default branch; local directories ignore it.
+    captioner_revision: str | None = None
+    translator_revision: str | None = None
 
     @property
     def torch_on_cpu(self) -> bool:
@@ -131,8 +133,8 @@ def build_repository(
     ) as tmp:
         work = Path(tmp)
         # Loaded once: the same models give the graphs and the generation settings.
-        blip = load_captioner(captioner)
-        mbart = load_translator(translator)
+        blip = load_captioner(captioner, options.captioner_revision)
+        mbart = load_translator(translator, options.translator_revision)
         assets, image_size, tokenizer = _save_assets(captioner, translator, work, options)
         caption = caption_settings(blip, options.max_length).with_overrides(options.caption)
         translation = translation_settings(mbart, tokenizer, options.target_lang, options.max_length)
@@ -149,6 +151,8 @@ def build_repository(
         manifest = {
             "captioner": str(captioner),
             "translator": str(translator),
+            "captioner_revision": options.captioner_revision,
+            "translator_revision": options.translator_revision,
             "target": options.target,
             "precision": options.precision,
             "translator_vocab": None if vocab is None else {"kept": len(vocab), "full_size": vocab.full_size},
@@ -238,10 +242,12 @@ def _save_assets(captioner, translator, work: Path, options: BuildOptions):
     from captioning.runtime.tokenization import spm_protobuf_compat
 
     LOG.info("reading generation settings and tokenizers")
-    processor = BlipProcessor.from_pretrained(str(captioner))
+    processor = BlipProcessor.from_pretrained(str(captioner), revision=options.captioner_revision)
     processor.save_pretrained(work / "processor")
     with spm_protobuf_compat():
-        tokenizer = AutoTokenizer.from_pretrained(str(translator), src_lang=options.source_lang)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(translator), revision=options.translator_revision, src_lang=options.source_lang
+        )
     tokenizer.save_pretrained(work / "translator_tokenizer")
     assets = {
         "processor": work / "processor",

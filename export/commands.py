@@ -21,6 +21,8 @@ def _export(args: argparse.Namespace) -> int:
         validate=not args.no_validate,
         precision=args.precision,
         translator_vocab=Path(args.translator_vocab) if args.translator_vocab else None,
+        captioner_revision=args.captioner_revision,
+        translator_revision=args.translator_revision,
         progress=not args.no_progress,
         repository=RepositoryOptions(
             max_batch_size=args.max_batch_size,
@@ -56,7 +58,9 @@ def _trim_vocab(args: argparse.Namespace) -> int:
         pairs=tuple(Path(p) for p in args.pairs),
         text=tuple(Path(p) for p in args.text),
     )
-    vocab = derive_vocab(args.translator, corpus, args.target_lang, pad_to=args.pad_to)
+    vocab = derive_vocab(
+        args.translator, corpus, args.target_lang, pad_to=args.pad_to, revision=args.translator_revision
+    )
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     vocab.save(output)
@@ -71,6 +75,16 @@ def _overrides(args: argparse.Namespace, stage: str):
         getattr(args, f"{stage}_num_beams"),
         getattr(args, f"{stage}_max_new_tokens"),
         getattr(args, f"{stage}_min_new_tokens"),
+    )
+
+
+def _add_revision(parser: argparse.ArgumentParser, source: str) -> None:
+    """`--captioner-revision` / `--translator-revision`: pin a hub id."""
+    parser.add_argument(
+        f"--{source}-revision",
+        metavar="REV",
+        help=f"branch, tag or commit sha of the {source} hub id, read for every file of it (model, config, "
+        "generation config, processor/tokenizer); default: the hub's default branch; a local dir ignores it",
     )
 
 
@@ -111,6 +125,8 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--translator", required=True, help="MBartForConditionalGeneration: hub id or local dir"
     )
+    _add_revision(export, "captioner")
+    _add_revision(export, "translator")
     export.add_argument("--output", required=True, help="model repository directory to (re)create")
     export.add_argument(
         "--target",
@@ -231,6 +247,7 @@ def _register_trim_vocab(sub: argparse._SubParsersAction) -> None:
     trim.add_argument(
         "--translator", required=True, help="MBartForConditionalGeneration: hub id or local dir"
     )
+    _add_revision(trim, "translator")
     trim.add_argument("--output", required=True, help="JSON file to write")
     trim.add_argument("--target-lang", default=contract.TARGET_LANG)
     trim.add_argument(

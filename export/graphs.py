@@ -156,11 +156,13 @@ def graph_files(path: Path) -> list[Path]:
     return [p for p in (path, path.with_name(f"{path.name}.data")) if p.exists()]
 
 
-def _check_architecture(checkpoint: str | Path, model_type: str, class_name: str) -> None:
+def _check_architecture(
+    checkpoint: str | Path, model_type: str, class_name: str, revision: str | None
+) -> None:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(str(checkpoint))
+        config = AutoConfig.from_pretrained(str(checkpoint), revision=revision)
     except (OSError, ValueError) as error:
         raise ExportError(f"cannot read the config of checkpoint {str(checkpoint)!r}: {error}") from error
     architectures = getattr(config, "architectures", None) or []
@@ -169,20 +171,24 @@ def _check_architecture(checkpoint: str | Path, model_type: str, class_name: str
         raise UnsupportedCheckpointError(str(checkpoint), class_name, found)
 
 
-def _load(checkpoint: str | Path, model_type: str, class_name: str) -> Any:
+def _load(checkpoint: str | Path, model_type: str, class_name: str, revision: str | None) -> Any:
+    """The checkpoint in fp32 with eager attention; `revision` (branch, tag or commit of a hub id; None: the
+    default branch; local directories ignore it) reaches the config, the weights and the generation config."""
     import torch
     import transformers
 
-    _check_architecture(checkpoint, model_type, class_name)
+    _check_architecture(checkpoint, model_type, class_name, revision)
     cls = getattr(transformers, class_name)
-    model = cls.from_pretrained(str(checkpoint), torch_dtype=torch.float32, attn_implementation="eager")
+    model = cls.from_pretrained(
+        str(checkpoint), revision=revision, torch_dtype=torch.float32, attn_implementation="eager"
+    )
     logger.info("loaded %s from %s (%.1fM parameters)", class_name, checkpoint, model.num_parameters() / 1e6)
     return model.eval()
 
 
-def load_captioner(checkpoint: str | Path) -> Any:
-    return _load(checkpoint, "blip", "BlipForConditionalGeneration")
+def load_captioner(checkpoint: str | Path, revision: str | None = None) -> Any:
+    return _load(checkpoint, "blip", "BlipForConditionalGeneration", revision)
 
 
-def load_translator(checkpoint: str | Path) -> Any:
-    return _load(checkpoint, "mbart", "MBartForConditionalGeneration")
+def load_translator(checkpoint: str | Path, revision: str | None = None) -> Any:
+    return _load(checkpoint, "mbart", "MBartForConditionalGeneration", revision)

@@ -68,16 +68,23 @@ def kept_token_ids(
 
 
 def derive_vocab(
-    translator: str | Path, corpus: TrimCorpus, target_lang: str = contract.TARGET_LANG, pad_to: int = 0
+    translator: str | Path,
+    corpus: TrimCorpus,
+    target_lang: str = contract.TARGET_LANG,
+    pad_to: int = 0,
+    *,
+    revision: str | None = None,
 ) -> VocabMap:
+    """The kept target ids of `corpus` under the translator's tokenizer; `revision` pins a hub id (branch,
+    tag or commit; None: the default branch; local directories ignore it), as `captioning export` does."""
     from transformers import AutoConfig, AutoTokenizer
 
     from captioning.runtime.tokenization import spm_protobuf_compat
 
     with spm_protobuf_compat():
-        tokenizer = AutoTokenizer.from_pretrained(str(translator))
+        tokenizer = AutoTokenizer.from_pretrained(str(translator), revision=revision)
     sentences = corpus.sentences()
-    full_size = AutoConfig.from_pretrained(str(translator)).vocab_size
+    full_size = AutoConfig.from_pretrained(str(translator), revision=revision).vocab_size
     kept, used = kept_token_ids(tokenizer, sentences, target_lang, pad_to, full_size)
     vocab = VocabMap.of(kept, full_size)
     LOG.info(

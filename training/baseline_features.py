@@ -47,7 +47,8 @@ def build_encoder(source: str | Path | None = None, config=None, seed: int = 0, 
     from transformers import ResNetModel
 
     if source is not None:
-        model = ResNetModel.from_pretrained(str(source))
+        directory = str(source)  # `--encoder DIR`: a saved checkpoint folder, never fetched from the hub
+        model = ResNetModel.from_pretrained(directory, local_files_only=True)  # nosec B615 # --encoder DIR, local_files_only
         LOG.info("encoder: ResNet from %s", source)
     else:
         torch.manual_seed(seed)
@@ -121,7 +122,7 @@ class FeatureCache:
         path = self.path(encoder_id, images)
         if path.is_file():
             LOG.info("features: read %d images from %s", len(images), path)
-            return torch.load(path)
+            return torch.load(path, map_location="cpu", weights_only=True)  # one float16 tensor
         chunks = []
         bar = tqdm(total=len(images), desc="features", unit="img", disable=not self.progress)
         for start in range(0, len(images), self.batch_size):

@@ -296,9 +296,15 @@ class BaselineCaptioner:
         self.model = build_model(
             ModelOptions(**self.config["model"]), len(self.vocab), self.config["feature_dim"]
         )
-        self.model.load_state_dict(torch.load(directory / "decoder.pt"))
+        # Tensors only: weights_only refuses anything else a tampered checkpoint could unpickle.
+        self.model.load_state_dict(
+            torch.load(directory / "decoder.pt", map_location="cpu", weights_only=True)
+        )
         self.model.eval()
-        self.encoder = ResNetModel.from_pretrained(str(directory / "encoder")).eval()
+        encoder = ResNetModel.from_pretrained(  # nosec B615 # the baseline checkpoint's own encoder/ dir, local_files_only
+            str(directory / "encoder"), local_files_only=True
+        )
+        self.encoder = encoder.eval()
 
     def features(self, images):
         import torch

@@ -59,8 +59,11 @@ class CaptionerTask:
         self.train = self._split(layout, "train", captions, data.limit_images)
         self.dev = self._split(layout, "dev", captions, data.limit_images)
         _refuse_test_images(layout, self.train + self.dev)
-        self.processor = BlipProcessor.from_pretrained(str(model_source))
-        self.bos_id = BlipConfig.from_pretrained(str(model_source)).text_config.bos_token_id
+        revision = config.model_revision
+        self.processor = BlipProcessor.from_pretrained(str(model_source), revision=revision)
+        self.bos_id = BlipConfig.from_pretrained(
+            str(model_source), revision=revision
+        ).text_config.bos_token_id
         self.dev_refs = _group_by_image(self.dev)
 
     def _split(
@@ -85,7 +88,7 @@ class CaptionerTask:
     def load_model(self, source: str | Path) -> Any:
         from transformers import BlipForConditionalGeneration
 
-        return BlipForConditionalGeneration.from_pretrained(str(source))
+        return BlipForConditionalGeneration.from_pretrained(str(source), revision=self.config.model_revision)
 
     def train_items(self) -> list[CaptionExample]:
         return self.train
@@ -196,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from captioning.training.train_args import add_train_arguments
+    from captioning.training.train_args import add_model_revision_argument, add_train_arguments
 
     parser = subparsers.add_parser(
         "train-captioner",
@@ -212,6 +215,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="Salesforce/blip-image-captioning-base",
         help="BlipForConditionalGeneration checkpoint with its processor: hub id or folder; default: %(default)s",
     )
+    add_model_revision_argument(parser, "captioner")
     parser.add_argument(
         "--data",
         required=True,

@@ -83,8 +83,11 @@ class BlipCaptioner:
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.processor = BlipProcessor.from_pretrained(path)
-        self.model = BlipForConditionalGeneration.from_pretrained(path).to(self.device).eval()
+        # `--checkpoint` is a directory (load_checkpoint_captioner read its config.json): never the hub.
+        local = {"local_files_only": True}
+        self.processor = BlipProcessor.from_pretrained(path, **local)  # nosec B615 # the --checkpoint dir, local_files_only
+        model = BlipForConditionalGeneration.from_pretrained(path, **local)  # nosec B615 # the --checkpoint dir, as above
+        self.model = model.to(self.device).eval()
         self.kwargs: dict[str, int] = {"max_length": max_length}
         if num_beams is not None:
             self.kwargs["num_beams"] = num_beams

@@ -26,6 +26,7 @@ from captioning.training.loop_state import (
     STATE_FILE,
     TrainState,
     is_better,
+    load_trainer_state,
     replace_dir,
     rng_states,
     seed_everything,
@@ -123,9 +124,7 @@ class Trainer:
         )
 
     def _load_state(self, path: Path) -> None:
-        import torch
-
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = load_trainer_state(path)  # weights_only: refuses a file holding anything but plain data
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])

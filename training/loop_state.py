@@ -41,13 +41,20 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+class TrainerStateError(RuntimeError):
+    """A trainer state file that cannot be resumed from; the message names the file and what to do."""
+
+
 def rng_states() -> dict[str, Any]:
+    """Every RNG the run draws from, as tensors and plain Python values only (no numpy objects), so the state
+    file loads with `torch.load(weights_only=True)`."""
     import numpy as np
     import torch
 
+    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of ints, float or None)
+        "numpy": [str(name), keys.tolist(), int(pos), int(has_gauss), float(gauss)],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -60,10 +67,36 @@ def set_rng_states(states: dict[str, Any]) -> None:
     import torch
 
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """`trainer_state.pt` as `save`d by the trainer: tensors, numbers, strings, lists, tuples and dicts only.
+
+    Loaded with `weights_only=True`: a file holding any other object (one whose unpickling could run code) is
+    refused with `TrainerStateError` naming what it holds, and nothing in it is executed."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        try:
+            unsafe = (
+                ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "unknown objects"
+            )
+        except Exception:  # a damaged file: the loader's own message says enough
+            unsafe = "objects that are not plain data"
+        raise TrainerStateError(
+            f"{path}: refusing to resume from it: it holds {unsafe}, and unpickling that could run code; "
+            "a trainer state holds only tensors and plain data (older ones also held numpy RNG arrays). "
+            "Start the run again without --resume (or remove its last/ folder)."
+        ) from error
 
 
 def is_better(metric: str, value: float, best: float | None) -> bool:

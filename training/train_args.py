@@ -46,6 +46,9 @@ class TrainConfig:
     device: str | None = None  # None: cuda when available
     resume: bool = False
     progress: bool = True
+    # Hub revision (branch, tag or commit sha) of the `--model` source, for every file read from it; None: the
+    # hub's default branch; a local directory (and `last/` when resuming) ignores it.
+    model_revision: str | None = None
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum_steps", "max_length", "dev_sample"):
@@ -66,6 +69,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def add_model_revision_argument(parser, source: str) -> None:
+    """`--captioner-revision` (train-captioner) or `--translator-revision` (train-translator) for `--model`."""
+    parser.add_argument(
+        f"--{source}-revision",
+        dest="model_revision",
+        metavar="REV",
+        help="branch, tag or commit sha of the --model hub id, read for every file of it (model, config, "
+        "generation config, processor/tokenizer); default: the hub's default branch; a folder ignores it",
+    )
 
 
 def add_train_arguments(parser, defaults: TrainConfig) -> None:
@@ -177,4 +191,5 @@ def config_from_args(args) -> TrainConfig:
         device=args.device,
         resume=args.resume,
         progress=not args.no_progress,
+        model_revision=args.model_revision,
     )

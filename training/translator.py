@@ -53,7 +53,10 @@ class TranslatorTask:
         self.train, self.dev = split_pairs(pairs, data.held_out, seed=config.seed)
         with spm_protobuf_compat():
             self.tokenizer = AutoTokenizer.from_pretrained(
-                str(model_source), src_lang=data.source_lang, tgt_lang=data.target_lang
+                str(model_source),
+                revision=config.model_revision,
+                src_lang=data.source_lang,
+                tgt_lang=data.target_lang,
             )
         self.target_id = self.tokenizer.convert_tokens_to_ids(data.target_lang)
         if self.target_id is None or self.target_id == self.tokenizer.unk_token_id:
@@ -62,7 +65,7 @@ class TranslatorTask:
     def load_model(self, source: str | Path) -> Any:
         from transformers import MBartForConditionalGeneration
 
-        return MBartForConditionalGeneration.from_pretrained(str(source))
+        return MBartForConditionalGeneration.from_pretrained(str(source), revision=self.config.model_revision)
 
     def train_items(self) -> list[TranslationPair]:
         return self.train
@@ -138,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from captioning.training.train_args import add_train_arguments
+    from captioning.training.train_args import add_model_revision_argument, add_train_arguments
 
     parser = subparsers.add_parser(
         "train-translator",
@@ -155,6 +158,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="MBartForConditionalGeneration checkpoint with its mBART-50 tokenizer: hub id or folder; "
         "default: %(default)s",
     )
+    add_model_revision_argument(parser, "translator")
     parser.add_argument(
         "--pairs",
         required=True,

@@ -220,6 +220,9 @@ def _verify(args: argparse.Namespace) -> int:
         translation_num_beams=args.translation_num_beams,
         max_length=args.max_length,
         min_match=args.min_match,
+        # A checkpoint taken from the manifest is read at the revision it was exported at.
+        captioner_revision=None if args.captioner else manifest.get("captioner_revision"),
+        translator_revision=None if args.translator else manifest.get("translator_revision"),
     )
     report = run_verify(options)
     print(format_report(report))

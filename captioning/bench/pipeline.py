@@ -20,7 +20,10 @@ class OriginalPipeline:
         caption_kw: dict,
         translate_kw: dict,
         device: str = "cpu",
+        revisions: tuple[str | None, str | None] = (None, None),
     ) -> None:
+        """`revisions`: the hub revisions of the captioner and the translator (None: the default branch; local
+        directories ignore them), as `captioning export --captioner-revision/--translator-revision` took."""
         import torch
         from transformers import (
             AutoTokenizer,
@@ -40,11 +43,16 @@ class OriginalPipeline:
 
             exact_math()  # generate() in fp32 without TF32, as the exact mode's tokens are defined
         self.device = torch.device(device)
-        self.processor = BlipProcessor.from_pretrained(str(captioner))
-        self.blip = BlipForConditionalGeneration.from_pretrained(str(captioner)).eval().to(self.device)
+        blip_rev, mbart_rev = revisions
+        self.processor = BlipProcessor.from_pretrained(str(captioner), revision=blip_rev)
+        blip = BlipForConditionalGeneration.from_pretrained(str(captioner), revision=blip_rev)
+        self.blip = blip.eval().to(self.device)
         with spm_protobuf_compat():
-            self.tokenizer = AutoTokenizer.from_pretrained(str(translator), src_lang=contract.SOURCE_LANG)
-        self.mbart = MBartForConditionalGeneration.from_pretrained(str(translator)).eval().to(self.device)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                str(translator), revision=mbart_rev, src_lang=contract.SOURCE_LANG
+            )
+        mbart = MBartForConditionalGeneration.from_pretrained(str(translator), revision=mbart_rev)
+        self.mbart = mbart.eval().to(self.device)
         target = self.tokenizer.convert_tokens_to_ids(contract.TARGET_LANG)
         self.caption_kw = {k: v for k, v in caption_kw.items() if v is not None}
         self.translate_kw = {

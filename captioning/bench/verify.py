@@ -35,6 +35,9 @@ class VerifyOptions:
     max_in_flight: int = 16
     min_match: float = 1.0  # exit non-zero below this exact-match rate (fast modes: lower it)
     output: Path | None = None
+    # The hub revisions the repository was exported at (its manifest), for generate() to load the same files.
+    captioner_revision: str | None = None
+    translator_revision: str | None = None
 
 
 def image_files(options: VerifyOptions) -> list[Path]:
@@ -82,7 +85,10 @@ def run_verify(options: VerifyOptions) -> dict:
     device = _device(options.device)
     caption_kw = {"max_length": options.max_length, "num_beams": options.caption_num_beams}
     translate_kw = {"max_length": options.max_length, "num_beams": options.translation_num_beams}
-    reference = OriginalPipeline(options.captioner, options.translator, caption_kw, translate_kw, device)
+    revisions = (options.captioner_revision, options.translator_revision)
+    reference = OriginalPipeline(
+        options.captioner, options.translator, caption_kw, translate_kw, device, revisions=revisions
+    )
     reference.translate(reference.caption(images[0]))  # warm-up
     rows, original_s = [], 0.0
     for path, data, result in tqdm(

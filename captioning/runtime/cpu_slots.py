@@ -29,6 +29,9 @@ LOG = logging.getLogger(__name__)
 
 PARAMETER = "cpu_slots"
 WAIT_LIMIT_S = 60.0  # then run anyway: a run must never hang on a slot a crashed process took with it
+# Where glibc keeps named POSIX semaphores (sem_open's "/name" is the file sem.name here). Nothing is created in
+# it by path; `remove_server_slots` only unlinks this server's own sem.captioning-cpu-slots-<pid>-* names.
+SEMAPHORE_DIR = Path("/dev/shm")  # nosec B108 # sem_open's namespace, not a temp dir; no file made by path
 
 
 class _Timespec(ctypes.Structure):
@@ -102,7 +105,7 @@ class CpuSlots:
             self._sem = None
 
 
-def remove_server_slots(server_pid: int, shm: Path = Path("/dev/shm")) -> None:
+def remove_server_slots(server_pid: int, shm: Path = SEMAPHORE_DIR) -> None:
     """Unlink the semaphores a stopped server's models created: like files, they outlive their processes.
     (Not done by the models themselves: one model reloading would split the others' count.)"""
     for path in shm.glob(f"sem.captioning-cpu-slots-{server_pid}-*"):

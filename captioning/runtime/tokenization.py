@@ -58,8 +58,10 @@ class TextCodec:
     ) -> TextCodec:
         from transformers import AutoTokenizer
 
+        # The tokenizer files an export (or a checkpoint) saved in `path`: local only, never the hub.
+        directory = str(path)
         with spm_protobuf_compat():
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)  # nosec B615 # an exported repository's tokenizer dir, local_files_only
         if src_lang is not None:
             tokenizer.src_lang = src_lang
         return cls(tokenizer=tokenizer, max_source_tokens=max_source_tokens)

@@ -98,6 +98,8 @@ def _node_start(args: argparse.Namespace) -> int:
 
 
 def _register_node_start(sub: argparse._SubParsersAction) -> None:
+    from captioning.server.security import EVERY_ADDRESS
+
     node = sub.add_parser(
         "node-start", help="container entrypoint: build missing TensorRT engines, then serve"
     )
@@ -105,7 +107,7 @@ def _register_node_start(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--tritonserver", default="/opt/tritonserver/bin/tritonserver")
     node.add_argument("--trtexec", default="/usr/src/tensorrt/bin/trtexec")
     node.add_argument("--exit-timeout", type=int, default=30, help="drain time after SIGTERM, seconds")
-    add_access_arguments(node, host="0.0.0.0")  # nosec B104 - the container's entrypoint: the pod's network
+    add_access_arguments(node, host=EVERY_ADDRESS)  # the container's entrypoint: inside a pod
     node.set_defaults(func=_node_start)
 
 

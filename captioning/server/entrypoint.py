@@ -47,6 +47,7 @@ def build_decision(repository: Path, gpu: str, trt: str) -> bool:
 
 def start_node(options: NodeOptions) -> int:
     from captioning.server.launcher import ServerOptions, is_remote, serve_forever
+    from captioning.server.security import EVERY_ADDRESS
 
     local = not is_remote(options.repository)
     if local and wants_engines(Path(options.repository)):
@@ -66,6 +67,6 @@ def start_node(options: NodeOptions) -> int:
             metrics_port=options.metrics_port,
             exit_timeout_s=options.exit_timeout_s,
             tritonserver=Path(options.tritonserver),
-            **{"host": "0.0.0.0", **options.access},  # nosec B104 - inside a pod; the NetworkPolicy guards it
+            **{"host": EVERY_ADDRESS, **options.access},
         )
     )

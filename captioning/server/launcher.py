@@ -280,7 +280,7 @@ class TritonServer:
                 )
             with (
                 contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
-                urllib.request.urlopen(url, timeout=2) as response,  # nosec B310 - an http:// URL built here
+                urllib.request.urlopen(url, timeout=2) as response,  # nosec B310 # an http:// URL built here
             ):
                 if response.status == 200:
                     LOG.info("tritonserver ready (http %s, grpc %s)", self.http_url, self.grpc_url)

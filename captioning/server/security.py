@@ -31,6 +31,10 @@ KEY_ENV, KEY_FILE_ENV = "CAPTIONING_ADMIN_KEY", "CAPTIONING_ADMIN_KEY_FILE"
 # The key travels inside one command-line flag (`apis:header=key`): no separators, no whitespace.
 _KEY = re.compile(r"[A-Za-z0-9._~+/-]{16,512}")
 _REDACTED = "<admin key>"
+# What a server inside a pod or container binds: there the Service, NetworkPolicy or port mapping decides who
+# reaches it (docs/security.md). Everything else binds loopback unless the operator says otherwise.
+EVERY_ADDRESS = "0.0.0.0"  # nosec B104 # the containers' bind address, chosen on purpose
+ANY_ADDRESS = (EVERY_ADDRESS, "", "::")
 
 
 class SecurityError(ValueError):
@@ -138,7 +142,7 @@ def loopback(host: str) -> bool:
 
 def local_address(host: str) -> str:
     """Where the launcher itself reaches a server bound to `host` (all addresses: through loopback)."""
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return "127.0.0.1" if host in ANY_ADDRESS else host
 
 
 def redacted(args: Sequence[str], key: AdminKey | None) -> str:

@@ -90,5 +90,5 @@ class StubWatchdog(threading.Thread):
         host = f"[{self.host}]" if ":" in self.host else self.host
         url = f"http://{host}:{self.http_port}/v2/repository/models/{path}"
         request = urllib.request.Request(url, data=b"{}", method="POST", headers=self.admin_headers)
-        with urllib.request.urlopen(request, timeout=600):  # nosec B310 - an http:// URL built here
+        with urllib.request.urlopen(request, timeout=600):  # nosec B310 # an http:// URL built here
             pass

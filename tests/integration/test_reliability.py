@@ -132,7 +132,7 @@ def _assert_control_plane_closed(http_url: str) -> None:
 
     url = f"http://{http_url}/v2/repository/models/caption_generator/unload"
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=30)  # nosec B310
+        urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=30)
     assert refused.value.code == 403
 
 

@@ -3,6 +3,7 @@
 from captioning.client import CaptionClient
 with CaptionClient("localhost:8001", wait_ready_s=30) as client:
     print(client.caption("photo.jpg").arabic)
+with CaptionClient("grpcs://triton:8001", transport=Transport(root_certificates="ca.pem")) as client: ...
 """
 
 from captioning.client.aio import AsyncCaptionClient
@@ -17,6 +18,7 @@ from captioning.client.errors import (
     ServerUnreachableError,
 )
 from captioning.client.sdk import CaptionClient
+from captioning.client.transport import Transport
 from captioning.client.types import CaptionResult, GenerationOptions
 
 __all__ = [
@@ -32,5 +34,6 @@ __all__ = [
     "RetryPolicy",
     "ServerBusyError",
     "ServerUnreachableError",
+    "Transport",
     "parse_endpoint",
 ]

@@ -23,6 +23,7 @@ from captioning.client.errors import (
     map_exception,
 )
 from captioning.client.images import ImageInput, load_image
+from captioning.client.transport import Transport, attach_headers
 from captioning.client.types import CaptionResult, GenerationOptions
 
 T = TypeVar("T")
@@ -42,8 +43,9 @@ class AsyncCaptionClient(ClientBase):
         english_model: str = contract.ENGLISH_MODEL,
         translator_model: str = contract.TRANSLATOR_MODEL,
         retry: RetryPolicy | None = None,
+        transport: Transport | None = None,
     ) -> None:
-        super().__init__(url, protocol, timeout_s, model, english_model, translator_model, retry)
+        super().__init__(url, protocol, timeout_s, model, english_model, translator_model, retry, transport)
         self.wait_ready_s = float(wait_ready_s or 0)
         self._lib: ModuleType | None = None
         self._client: Any = None
@@ -155,7 +157,7 @@ class AsyncCaptionClient(ClientBase):
         if self._closed:
             raise CaptionError("client is closed")
         if self._client is None:
-            self._lib, self._client = _connect(self.endpoint, self.timeout_s)
+            self._lib, self._client = _connect(self.endpoint, self.transport, self.timeout_s)
         assert self._lib is not None
         return self._lib, self._client
 
@@ -192,11 +194,16 @@ class AsyncCaptionClient(ClientBase):
             raise mapped from exc
 
 
-def _connect(endpoint: Endpoint, timeout_s: float) -> tuple[ModuleType, Any]:
+def _connect(endpoint: Endpoint, transport: Transport, timeout_s: float) -> tuple[ModuleType, Any]:
+    headers = transport.request_headers(endpoint.protocol)
     if endpoint.protocol == "grpc":
         import tritonclient.grpc.aio as lib
 
-        return lib, lib.InferenceServerClient(endpoint.address)
+        client = lib.InferenceServerClient(endpoint.address, **transport.grpc_options())
+        return lib, attach_headers(client, headers)
     import tritonclient.http.aio as lib
 
-    return lib, lib.InferenceServerClient(endpoint.address, conn_timeout=timeout_s)
+    client = lib.InferenceServerClient(
+        endpoint.address, conn_timeout=timeout_s, **transport.http_aio_options()
+    )
+    return lib, attach_headers(client, headers)

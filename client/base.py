@@ -17,6 +17,7 @@ from captioning.client import wire
 from captioning.client.endpoint import Endpoint, parse_endpoint
 from captioning.client.errors import CaptionError, InvalidInputError, ModelNotReadyError
 from captioning.client.images import ImageInput, load_image
+from captioning.client.transport import Transport
 from captioning.client.types import GenerationOptions, check_lang
 
 READY_POLL_S = 0.25
@@ -38,7 +39,7 @@ class RetryPolicy:
 
 
 class ClientBase:
-    """Endpoint, timeout and model names of a client; subclasses add the transport."""
+    """Endpoint, TLS and headers, timeout and model names of a client; subclasses open the connection."""
 
     def __init__(
         self,
@@ -49,8 +50,10 @@ class ClientBase:
         english_model: str = contract.ENGLISH_MODEL,
         translator_model: str = contract.TRANSLATOR_MODEL,
         retry: RetryPolicy | None = None,
+        transport: Transport | None = None,
     ) -> None:
-        self.endpoint: Endpoint = parse_endpoint(url, protocol)
+        self.endpoint, self.transport = resolve_transport(parse_endpoint(url, protocol), transport)
+        self.transport.request_headers(self.endpoint.protocol)  # a header gRPC cannot carry fails here
         self.timeout_s = wire.check_timeout(timeout_s)
         self.retry = retry or RetryPolicy()
         self.model = model
@@ -81,6 +84,19 @@ class ClientBase:
     def _server_timeout_us(self) -> int:
         """The client's deadline, sent with every request: the server sheds it rather than queue it past then."""
         return int(self.timeout_s * 1_000_000)
+
+
+def resolve_transport(endpoint: Endpoint, transport: Transport | None) -> tuple[Endpoint, Transport]:
+    """TLS when either side asks for it: a grpcs:// or https:// URL, or a Transport with ssl or certificates."""
+    if transport is None:
+        transport = Transport()
+    if not isinstance(transport, Transport):
+        raise InvalidInputError(f"transport must be a Transport, got {type(transport).__name__}")
+    if endpoint.tls and not transport.ssl:
+        transport = dataclasses.replace(transport, ssl=True)
+    if transport.tls and not endpoint.tls:
+        endpoint = dataclasses.replace(endpoint, tls=True)
+    return endpoint, transport
 
 
 class ReadyWait:

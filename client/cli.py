@@ -12,8 +12,14 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from captioning.client.errors import CaptionError, ModelNotReadyError, ServerUnreachableError
+from captioning.client.errors import (
+    CaptionError,
+    InvalidInputError,
+    ModelNotReadyError,
+    ServerUnreachableError,
+)
 from captioning.client.sdk import CaptionClient
+from captioning.client.transport import Transport, parse_header
 from captioning.client.types import LANGS, CaptionResult, GenerationOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_SERVICE = 0, 1, 2
@@ -48,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="*", metavar="IMAGE", help="JPEG/PNG/WebP files to caption")
     p.add_argument("--text", action="append", metavar="TEXT", help="translate TEXT instead (repeatable)")
-    p.add_argument("--url", default="localhost:8001", help="[grpc://|http://]HOST:PORT (default %(default)s)")
+    p.add_argument(
+        "--url", default="localhost:8001", help="[grpc[s]://|http[s]://]HOST:PORT (default %(default)s)"
+    )
     p.add_argument("--protocol", choices=("grpc", "http"), help="override the protocol picked from --url")
     p.add_argument("--lang", choices=LANGS, default="both", help="captions to print (default %(default)s)")
     p.add_argument("--caption-num-beams", "--caption-beams", type=_positive_int, metavar="N")
@@ -59,7 +67,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-ready", type=float, default=0.0, metavar="S", help="wait up to S s for the model")
     p.add_argument("--max-in-flight", type=_positive_int, default=16, metavar="N")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of tab-separated text")
+    add_transport_arguments(p)
     return p
+
+
+def _header(text: str) -> tuple[str, str]:
+    try:
+        return parse_header(text)
+    except InvalidInputError as exc:  # the message names no value: headers often carry credentials
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
+    """TLS and header flags, shared by `caption` and `captioning ui`; `transport_from_args` reads them."""
+    group = parser.add_argument_group("connection (TLS, gateway headers)")
+    group.add_argument(
+        "--ssl", action="store_true", help="use TLS (implied by grpcs://, https:// and the certificate flags)"
+    )
+    group.add_argument(
+        "--root-cert", metavar="FILE", help="PEM file of the CA that signed the server's certificate"
+    )
+    group.add_argument("--client-cert", metavar="FILE", help="PEM certificate chain, for mutual TLS")
+    group.add_argument("--client-key", metavar="FILE", help="PEM private key, for mutual TLS")
+    group.add_argument(
+        "--header",
+        action="append",
+        type=_header,
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="send this header with every request (repeatable), e.g. 'Authorization: Bearer ...'",
+    )
+
+
+def transport_from_args(args: argparse.Namespace) -> Transport:
+    """The flags as one Transport; InvalidInputError names a missing or unreadable file."""
+    headers: dict[str, str] = {}
+    for name, value in args.header:
+        if name.lower() in (known.lower() for known in headers):
+            raise InvalidInputError(f"--header {name!r} is given twice")
+        headers[name] = value
+    return Transport(
+        ssl=args.ssl,
+        root_certificates=args.root_cert,
+        private_key=args.client_key,
+        certificate_chain=args.client_cert,
+        headers=headers,
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> GenerationOptions:
@@ -78,6 +131,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("give IMAGE files or --text, not both")
     if not args.text and not args.images:
         parser.error("nothing to do: give IMAGE files or --text TEXT")
+    try:
+        args.transport = transport_from_args(args)
+    except InvalidInputError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -99,7 +156,11 @@ def main(
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
         with CaptionClient(
-            args.url, protocol=args.protocol, timeout_s=args.timeout, wait_ready_s=args.wait_ready
+            args.url,
+            protocol=args.protocol,
+            timeout_s=args.timeout,
+            wait_ready_s=args.wait_ready,
+            transport=args.transport,
         ) as client:
             if args.text:
                 return _translate(client, args, out)
@@ -145,7 +206,13 @@ def _translate(client: CaptionClient, args: argparse.Namespace, out: TextIO) -> 
 
 
 def _service_error(exc: CaptionError, err: TextIO) -> int:
-    hint = "is the server running? check --url/--protocol" if isinstance(exc, ServerUnreachableError) else ""
+    hint = ""
+    if isinstance(exc, ServerUnreachableError):
+        hint = (
+            "check --ssl/--root-cert"
+            if "TLS" in str(exc)
+            else "is the server running? check --url/--protocol"
+        )
     print(f"caption: error: {exc}" + (f" ({hint})" if hint else ""), file=err, flush=True)
     return EXIT_SERVICE
 

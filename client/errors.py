@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import re
 
 
@@ -70,9 +71,7 @@ def from_triton_exception(exc: Exception, *, url: str = "") -> CaptionError:
             f"{url or 'the server'} is overloaded and shed the request: {message}", status=status
         )
     if status in _UNAVAILABLE or status == "503":
-        return ServerUnreachableError(
-            f"cannot reach Triton at {url or 'the server'}: {message}", status=status
-        )
+        return unreachable(message, url=url, status=status)
     if status in _INVALID:
         return InvalidInputError(message, status=status)
     return CaptionError(message, status=status)
@@ -88,9 +87,36 @@ def map_exception(exc: BaseException, *, url: str = "") -> CaptionError | None:
         return CaptionTimeoutError(
             f"timed out waiting for {url or 'the server'}: {str(exc) or 'no answer in time'}"
         )
-    if isinstance(exc, OSError) or _is_aiohttp_connection_error(exc):
-        return ServerUnreachableError(f"cannot reach Triton at {url or 'the server'}: {exc}")
+    if isinstance(exc, (OSError, http.client.HTTPException)) or _is_aiohttp_connection_error(exc):
+        # HTTPException: geventhttpclient's "connection closed" and parse errors, e.g. a TLS port spoken to
+        # in plain HTTP.
+        return unreachable(str(exc) or type(exc).__name__, url=url)
     return None
+
+
+# A failed TLS handshake, as gRPC (BoringSSL), Python's ssl and aiohttp word it.
+_TLS_FAILURE = re.compile(
+    r"handshake|\bssl|\btls|certificate|wrong.version.number|unknown.protocol", re.IGNORECASE
+)
+# What a plain client sees when the port speaks TLS: the server hangs up on the first bytes.
+_CLOSED_EARLY = re.compile(r"socket closed|connection closed|connection reset|disconnected", re.IGNORECASE)
+
+
+def unreachable(message: str, *, url: str = "", status: str | None = None) -> ServerUnreachableError:
+    """Nothing usable answered; a TLS failure says so and names what to check."""
+    where = url or "the server"
+    if _TLS_FAILURE.search(message):
+        return ServerUnreachableError(
+            f"cannot reach Triton at {where}: the TLS handshake failed ({message}). Check that the server "
+            "speaks TLS on that port, that its certificate names the URL's host and is signed by a CA the "
+            "client trusts (Transport(root_certificates=...), --root-cert; default: the system's roots)",
+            status=status,
+        )
+    text = f"cannot reach Triton at {where}: {message}"
+    if _CLOSED_EARLY.search(message) and not where.startswith(("grpcs://", "https://")):
+        secure = "https://" if where.startswith("http") else "grpcs://"
+        text += f" (if the server speaks TLS on that port, use {secure} or --ssl)"
+    return ServerUnreachableError(text, status=status)
 
 
 def _is_aiohttp_connection_error(exc: BaseException) -> bool:

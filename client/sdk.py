@@ -22,6 +22,7 @@ from captioning.client.errors import (
     map_exception,
 )
 from captioning.client.images import ImageInput, load_image
+from captioning.client.transport import Transport, attach_headers
 from captioning.client.types import CaptionResult, GenerationOptions
 
 T = TypeVar("T")
@@ -43,9 +44,10 @@ class CaptionClient(ClientBase):
         translator_model: str = contract.TRANSLATOR_MODEL,
         http_concurrency: int = MAX_BATCH_SIZE,
         retry: RetryPolicy | None = None,
+        transport: Transport | None = None,
     ) -> None:
-        super().__init__(url, protocol, timeout_s, model, english_model, translator_model, retry)
-        self._lib, self._client = _connect(self.endpoint, self.timeout_s, http_concurrency)
+        super().__init__(url, protocol, timeout_s, model, english_model, translator_model, retry, transport)
+        self._lib, self._client = _connect(self.endpoint, self.transport, self.timeout_s, http_concurrency)
         self._closed = False
         if wait_ready_s and wait_ready_s > 0:
             try:
@@ -211,18 +213,28 @@ def _capture(fn: Callable[[Any], T], item: Any) -> T | Exception:
         return exc
 
 
-def _connect(endpoint: Endpoint, timeout_s: float, http_concurrency: int) -> tuple[ModuleType, Any]:
-    """Import only the transport in use: gRPC pulls in grpcio, HTTP pulls in gevent."""
+def _connect(
+    endpoint: Endpoint, transport: Transport, timeout_s: float, http_concurrency: int
+) -> tuple[ModuleType, Any]:
+    """Import only the transport in use: gRPC pulls in grpcio, HTTP pulls in gevent. Nothing connects yet."""
+    headers = transport.request_headers(endpoint.protocol)
     if endpoint.protocol == "grpc":
         import tritonclient.grpc as lib
 
-        return lib, lib.InferenceServerClient(endpoint.address)
+        client = lib.InferenceServerClient(endpoint.address, **transport.grpc_options())
+        return lib, attach_headers(client, headers)
+    import ssl
+
     import tritonclient.http as lib
 
-    client = lib.InferenceServerClient(
-        endpoint.address,
-        concurrency=max(1, http_concurrency),
-        connection_timeout=timeout_s,
-        network_timeout=timeout_s,
-    )
-    return lib, client
+    try:
+        client = lib.InferenceServerClient(
+            endpoint.address,
+            concurrency=max(1, http_concurrency),
+            connection_timeout=timeout_s,
+            network_timeout=timeout_s,
+            **transport.http_options(),
+        )
+    except ssl.SSLError as exc:  # the SSL context is built here, from the certificate files
+        raise transport.load_error(exc) from None
+    return lib, attach_headers(client, headers)

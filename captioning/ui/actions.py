@@ -1,7 +1,8 @@
 """What the page does, as plain functions over the client SDK, so the UI behaves exactly as the SDK does.
 
 Each returns the values the page shows, and a message instead of an exception: a bad image, an unreachable
-server or a model that is not ready reads as a sentence in the page, never as a stack trace.
+server or a model that is not ready reads as a sentence in the page, never as a stack trace. `transport` (TLS,
+gateway headers) is the page's own, from `captioning ui`'s flags.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from captioning.client import (
     ModelNotReadyError,
     ServerBusyError,
     ServerUnreachableError,
+    Transport,
 )
 
 LANGS = {"English": "en", "Arabic": "both", "Both": "both"}  # Arabic needs the English caption first
@@ -58,7 +60,15 @@ def explain(error: Exception, url: str) -> str:
     return f"Unexpected error: {type(error).__name__}: {error}"
 
 
-def caption_image(url: str, image, lang: str, settings: Settings = Settings(), timeout_s: float = 120.0):
+def caption_image(
+    url: str,
+    image,
+    lang: str,
+    settings: Settings = Settings(),
+    timeout_s: float = 120.0,
+    *,
+    transport: Transport | None = None,
+):
     """(English, Arabic, time taken, message) for one image: a path, bytes or a PIL image."""
     if image is None:
         return "", "", "", "Choose an image first."
@@ -67,7 +77,7 @@ def caption_image(url: str, image, lang: str, settings: Settings = Settings(), t
         return "", "", "", f"Unknown output language {lang!r}."
     started = time.perf_counter()
     try:
-        with CaptionClient(url, timeout_s=timeout_s) as client:
+        with CaptionClient(url, timeout_s=timeout_s, transport=transport) as client:
             result = client.caption(image, lang=mode, options=settings.options())
     except Exception as exc:
         return "", "", "", explain(exc, url)
@@ -77,27 +87,41 @@ def caption_image(url: str, image, lang: str, settings: Settings = Settings(), t
     return english, arabic, took, ""
 
 
-def translate_text(url: str, text: str, settings: Settings = Settings(), timeout_s: float = 120.0):
+def translate_text(
+    url: str,
+    text: str,
+    settings: Settings = Settings(),
+    timeout_s: float = 120.0,
+    *,
+    transport: Transport | None = None,
+):
     """(Arabic, time taken, message) for English text."""
     if not text or not text.strip():
         return "", "", "Type some English text first."
     started = time.perf_counter()
     try:
-        with CaptionClient(url, timeout_s=timeout_s) as client:
+        with CaptionClient(url, timeout_s=timeout_s, transport=transport) as client:
             arabic = client.translate(text, options=settings.options())
     except Exception as exc:
         return "", "", explain(exc, url)
     return arabic, f"{time.perf_counter() - started:.2f} s", ""
 
 
-def caption_many(url: str, files: list, settings: Settings = Settings(), timeout_s: float = 300.0):
+def caption_many(
+    url: str,
+    files: list,
+    settings: Settings = Settings(),
+    timeout_s: float = 300.0,
+    *,
+    transport: Transport | None = None,
+):
     """(rows [image, English, Arabic, seconds or error], CSV path, message) for several images, sent
     concurrently so the server batches them."""
     paths = [Path(getattr(f, "name", f)) for f in files or []]
     if not paths:
         return [], None, "Choose one or more images first."
     try:
-        with CaptionClient(url, timeout_s=timeout_s) as client:
+        with CaptionClient(url, timeout_s=timeout_s, transport=transport) as client:
             results = client.caption_batch(
                 [str(p) for p in paths], options=settings.options(), return_exceptions=True
             )

@@ -3,14 +3,18 @@
 Three tabs, as the original app plus what its users asked for: caption one image (English, Arabic or both, with
 the advanced generation settings the server accepts), translate English text, caption a batch (table and CSV).
 Analytics are off, fonts are the system's (no font or script is fetched from outside), and `share` is never on.
+A page on a non-loopback address needs a login (`auth`) unless `no_auth` says otherwise, loudly.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from captioning import contract
+from captioning.client import Transport
 from captioning.ui import actions
+from captioning.ui.access import Credentials, check_exposure
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -55,8 +59,8 @@ def _image_input(gr, **kwargs):
     return image
 
 
-def build(url: str):
-    """The page, bound to the server at `url`."""
+def build(url: str, transport: Transport | None = None):
+    """The page, bound to the server at `url`, reached with `transport` (TLS, headers)."""
     import gradio as gr
 
     with gr.Blocks(title="Bilingual image captioning", analytics_enabled=False) as page:
@@ -64,15 +68,15 @@ def build(url: str):
             f"# Bilingual image captioning\nEnglish captions from BLIP, Arabic from mBART-50, served by `{url}`."
         )
         with gr.Tab("Caption"):
-            controls = _caption_tab(gr, url)
+            controls = _caption_tab(gr, url, transport)
         with gr.Tab("Translate"):
-            _translate_tab(gr, url, controls)
+            _translate_tab(gr, url, transport, controls)
         with gr.Tab("Batch"):
-            _batch_tab(gr, url, controls)
+            _batch_tab(gr, url, transport, controls)
     return page
 
 
-def _caption_tab(gr, url: str) -> list:
+def _caption_tab(gr, url: str, transport: Transport | None) -> list:
     with gr.Row():
         with gr.Column():
             image = _image_input(
@@ -100,14 +104,14 @@ def _caption_tab(gr, url: str) -> list:
     if examples:
         gr.Examples(examples=examples, inputs=[image], label="Flickr8k examples")
     button.click(
-        lambda img, lg, *s: actions.caption_image(url, img, lg, actions.Settings(*s)),
+        lambda img, lg, *s: actions.caption_image(url, img, lg, actions.Settings(*s), transport=transport),
         inputs=[image, lang, *controls],
         outputs=[english, arabic, took, message],
     )
     return controls
 
 
-def _translate_tab(gr, url: str, controls: list) -> None:
+def _translate_tab(gr, url: str, transport: Transport | None, controls: list) -> None:
     text = gr.Textbox(label="English text", lines=3, elem_id="text-input")
     button = gr.Button("Translate", variant="primary", elem_id="translate-button")
     out = gr.Textbox(
@@ -116,13 +120,13 @@ def _translate_tab(gr, url: str, controls: list) -> None:
     took = gr.Textbox(label="Time", interactive=False)
     message = gr.Markdown(elem_id="translate-message")
     button.click(
-        lambda t, *s: actions.translate_text(url, t, actions.Settings(None, None, *s)),
+        lambda t, *s: actions.translate_text(url, t, actions.Settings(None, None, *s), transport=transport),
         inputs=[text, *controls[2:]],
         outputs=[out, took, message],
     )
 
 
-def _batch_tab(gr, url: str, controls: list) -> None:
+def _batch_tab(gr, url: str, transport: Transport | None, controls: list) -> None:
     files = gr.File(file_count="multiple", file_types=["image"], label="Images", elem_id="batch-input")
     button = gr.Button("Caption all", variant="primary", elem_id="batch-button")
     table = gr.Dataframe(
@@ -131,17 +135,31 @@ def _batch_tab(gr, url: str, controls: list) -> None:
     download = gr.File(label="CSV", elem_id="batch-csv")
     message = gr.Markdown()
     button.click(
-        lambda fs, *s: actions.caption_many(url, fs, actions.Settings(*s)),
+        lambda fs, *s: actions.caption_many(url, fs, actions.Settings(*s), transport=transport),
         inputs=[files, *controls],
         outputs=[table, download, message],
     )
 
 
-def launch(url: str, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Serve the page on loopback by default; never through Gradio's share tunnel."""
+def launch(
+    url: str,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    block: bool = True,
+    *,
+    transport: Transport | None = None,
+    auth: Credentials | None = None,
+    no_auth: bool = False,
+):
+    """Serve the page on loopback by default; never through Gradio's share tunnel. `auth`: the
+    (user, password) pairs of Gradio's login. Elsewhere than loopback the page needs `auth`, or `no_auth`
+    (which prints a warning): `captioning.ui.access.AccessError` otherwise, before any port is opened."""
+    warning = check_exposure(host, port, auth, no_auth)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     import gradio as gr
 
-    page = build(url)
+    page = build(url, transport)
     theme = gr.themes.Default(
         font=["system-ui", "sans-serif"], font_mono=["monospace"]
     )  # no web fonts fetched
@@ -150,6 +168,8 @@ def launch(url: str, host: str = "127.0.0.1", port: int = 7860, block: bool = Tr
         server_name=host,
         server_port=port,
         share=False,
+        auth=list(auth) if auth else None,
+        auth_message="Bilingual image captioning: log in to use the page." if auth else None,
         inbrowser=False,
         prevent_thread_lock=not block,
         show_error=False,

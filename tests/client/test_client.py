@@ -62,7 +62,8 @@ def test_parse_endpoint(url: str, protocol: str | None, expected: tuple[str, str
 @pytest.mark.parametrize(
     ("url", "protocol"),
     [
-        ("https://host:8000", None),
+        ("ftp://host:8000", None),
+        ("https://host:8000", "grpc"),
         ("grpc://host:8001", "http"),
         ("", None),
         ("host:8001", "tcp"),

@@ -3,14 +3,17 @@
 Triton 2.51 does not restart a dead stub: every request to that model fails with "Stub process ... is not
 healthy" while `/v2/health/ready` and the model's readiness still answer true (server#7230), and shutdown waits
 its whole exit timeout for the dead instance. The launcher starts the server in explicit model-control mode and
-runs this watchdog beside it: it watches the stub processes (children of tritonserver, one per model instance,
-whose command line names the model's directory) and, when one disappears, reloads that model through Triton's
-repository API. While the model reloads it is not ready, so strict readiness answers 503 until it serves again.
+runs this watchdog beside it: it holds a pidfd on each stub process (children of tritonserver, one per model
+instance, whose command line names the model's directory) and, the moment one exits, reloads that model through
+Triton's repository API, with the admin key. While the model reloads it is not ready, so strict readiness answers 503 until it serves again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import threading
 import time
 import urllib.error
@@ -67,11 +70,32 @@ class StubWatchdog(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
-        while not self._halt.wait(self.interval_s):
+        while not self._halt.is_set():
+            self.wait_for_a_death(self.interval_s)
             live = stub_models(self.server_pid)
             for model, count in self.expected.items():
                 if live.get(model, 0) < count and not self._halt.is_set():
                     self._reload(model, count - live.get(model, 0))
+
+    def wait_for_a_death(self, timeout_s: float) -> bool:
+        """Block until a stub exits (a pidfd per stub, so a crash is seen at once rather than at the next
+        poll: the window in which readiness still says yes shrinks from the poll interval to the reload's own
+        latency) or `timeout_s` passes, when new stubs are picked up. True when one exited."""
+        fds = []
+        for pid in stub_processes(self.server_pid):
+            with contextlib.suppress(OSError):  # gone already: the scan after this wait sees it
+                fds.append(os.pidfd_open(pid))
+        try:
+            if not fds:
+                self._halt.wait(timeout_s)
+                return False
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            return bool(poller.poll(timeout_s * 1000))
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _reload(self, model: str, lost: int) -> None:
         LOG.warning("%d stub process(es) of model %s died; reloading it", lost, model)

@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from captioning import contract
+from captioning.server.security import RESTRICTED_APIS
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 KUBERNETES = "1.30.0"
@@ -163,7 +166,8 @@ def test_grafana_dashboard_plots_what_the_autoscaler_uses():
 NAMESPACE = "bilingual-captioning"
 CLIENT_LABEL = ("bilingual-captioning/client", "true")
 ADMIN_SECRET, ADMIN_SECRET_KEY = "captioning-admin-key", "admin-key"
-CONTROL_PLANE = {"model-repository", "shared-memory", "statistics", "trace", "logging"}
+# What the launcher restricts (one source: captioning.server.security), so KServe's own flags cannot drift.
+CONTROL_PLANE = set(RESTRICTED_APIS)
 KSERVE = K8S / "kserve" / "inferenceservice.yaml"
 WORKLOADS = {"Deployment", "Job", "StatefulSet", "DaemonSet", "ReplicaSet", "CronJob", "Pod"}
 # The volume types the restricted profile admits.
@@ -436,7 +440,7 @@ def test_kserve_restricts_the_control_plane_with_the_secret():
         (arg,) = [a for a in model["args"] if a.startswith(flag + "=")]
         apis, header = arg.split("=", 1)[1].split(":", 1)
         assert set(apis.split(",")) == CONTROL_PLANE
-        assert header == "x-captioning-admin-key=$(CAPTIONING_ADMIN_KEY)"
+        assert header == f"{contract.ADMIN_KEY_HEADER}=$(CAPTIONING_ADMIN_KEY)"
     # The pod KServe makes of it is a valid PodSpec (the predictor's fields are real pod fields).
     validate(kserve_pod(doc))
 

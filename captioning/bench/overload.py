@@ -6,6 +6,10 @@ loop; then requests arrive at `multiple` times it, each from its own client with
 outcome is recorded: served, shed (`ServerBusyError`, by how: a full queue, a forecast wait, or a queue
 timeout reached late), timed out at the client, or failed otherwise. The guarantee measured
 (docs/reliability.md): no request reaches its client's timeout, and a shed request is answered within a second.
+
+`burst` replaces the open loop with N clients that arrive at once, each sending K requests one after another;
+`plain_clients` sends with plain tritonclient gRPC (no request timeout) instead of the SDK. Every report gives
+the goodput (answers before their client's timeout per second) against the capacity, and the refusal latency.
 """
 
 from __future__ import annotations
@@ -19,8 +23,21 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from captioning.bench.overload_modes import (
+    SHED,
+    TIMEOUT,
+    Sender,
+    burst,
+    goodput,
+    outcome_of,  # noqa: F401 - re-exported: the outcome vocabulary
+    plain_sender,
+    refusals,
+    sdk_sender,
+)
+
 LOG = logging.getLogger(__name__)
 FAST_S = 1.0  # a shed request must be answered within this
+BURST_GOODPUT = 0.6  # a burst must be answered at this share of the closed-loop capacity, or better
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,19 +51,9 @@ class OverloadOptions:
     capacity_concurrency: int = 8
     client_timeout_s: float = 30.0
     inputs: int = 16  # distinct images or texts, cycled
-
-
-def outcome_of(exc: BaseException) -> str:
-    """The outcome's name: the SDK's error type, and for a shed request how it was shed."""
-    kind = type(exc).__name__
-    if kind != "ServerBusyError":
-        return kind
-    words = str(exc).lower()
-    if "timeout expired" in words:
-        return "ServerBusyError: queue timeout"  # waited in a queue until its time was up
-    if "forecast" in words:
-        return "ServerBusyError: forecast"  # refused on arrival, from the predicted wait
-    return "ServerBusyError: queue full"
+    plain_clients: bool = False  # plain tritonclient gRPC, client_timeout only, in place of the SDK
+    burst: int = 0  # clients arriving at once, in place of the open loop (0: open loop)
+    requests_per_client: int = 3  # each burst client's requests, one after another
 
 
 def _inputs(options: OverloadOptions) -> list[bytes | str]:
@@ -55,26 +62,19 @@ def _inputs(options: OverloadOptions) -> list[bytes | str]:
     return [item for kind, item in flickr_inputs(options.inputs, options.inputs) if kind == options.kind]
 
 
-def _one(options: OverloadOptions, item: bytes | str, timeout_s: float) -> tuple[str, float]:
-    from captioning.client import CaptionClient
-
-    started = time.perf_counter()
-    try:
-        with CaptionClient(options.url, timeout_s=timeout_s) as client:
-            client.caption(item) if isinstance(item, bytes) else client.translate(item)
-        return "ok", time.perf_counter() - started
-    except Exception as exc:  # every outcome is data here
-        return outcome_of(exc), time.perf_counter() - started
+def sender(options: OverloadOptions) -> Sender:
+    """The SDK's requests, or plain tritonclient's."""
+    return plain_sender(options.url, options.kind) if options.plain_clients else sdk_sender(options.url)
 
 
-def measure_capacity(options: OverloadOptions, inputs: list) -> float:
+def measure_capacity(options: OverloadOptions, inputs: list, send: Sender) -> float:
     """Served requests per second in a closed loop of `capacity_concurrency` clients."""
     served, stop = [], time.monotonic() + options.capacity_s
 
     def loop(offset: int) -> None:
         i = offset
         while time.monotonic() < stop:
-            if _one(options, inputs[i % len(inputs)], max(options.client_timeout_s, 120.0))[0] == "ok":
+            if send(inputs[i % len(inputs)], max(options.client_timeout_s, 120.0))[0] == "ok":
                 served.append(1)
             i += options.capacity_concurrency
 
@@ -84,21 +84,32 @@ def measure_capacity(options: OverloadOptions, inputs: list) -> float:
 
 
 def run_overload(options: OverloadOptions) -> dict:
-    inputs = _inputs(options)
-    _one(options, inputs[0], 300.0)  # warm up
-    capacity = options.capacity or measure_capacity(options, inputs)
+    send, inputs = sender(options), _inputs(options)  # a URL plain clients cannot use fails first
+    send(inputs[0], 300.0)  # warm up
+    capacity = options.capacity or measure_capacity(options, inputs, send)
     if capacity <= 0:
         raise RuntimeError(
             f"no request was served in the {options.capacity_s:g} s capacity window: lengthen it "
             "(--capacity-duration) or give the capacity (--capacity)"
         )
-    rate = options.multiple * capacity
-    LOG.info("capacity %.2f requests/s; offering %.2f/s for %.0f s", capacity, rate, options.duration_s)
+    if options.burst:
+        LOG.info("capacity %.2f requests/s; a burst of %d clients", capacity, options.burst)
+        records, rate = run_burst(options, inputs, send), None
+    else:
+        rate = options.multiple * capacity
+        LOG.info("capacity %.2f requests/s; offering %.2f/s for %.0f s", capacity, rate, options.duration_s)
+        records = open_loop(options, inputs, send, rate)
+    after = send(inputs[0], 120.0)
+    return summarise(records, capacity, rate, after, options)
+
+
+def open_loop(options: OverloadOptions, inputs: list, send: Sender, rate: float) -> list[tuple]:
+    """Requests arriving at `rate` for the duration, whatever the server answers."""
     records: list[tuple[float, str, float]] = []
     lock = threading.Lock()
 
     def fire(i: int, at: float) -> None:
-        outcome, seconds = _one(options, inputs[i % len(inputs)], options.client_timeout_s)
+        outcome, seconds = send(inputs[i % len(inputs)], options.client_timeout_s)
         with lock:
             records.append((at, outcome, seconds))
 
@@ -111,39 +122,63 @@ def run_overload(options: OverloadOptions) -> dict:
             pool.submit(fire, i, at)
             i += 1
             time.sleep(max(0.0, started + i / rate - time.monotonic()))
-    after = _one(options, inputs[0], 120.0)
-    return summarise(records, capacity, rate, after, options)
+    return records
+
+
+def run_burst(options: OverloadOptions, inputs: list, send: Sender) -> list[tuple]:
+    """`burst` clients at once, each sending `requests_per_client` requests in turn, each with the client
+    timeout; the clients' inputs differ."""
+    per_client = options.requests_per_client
+
+    def one(client: int, n: int) -> tuple[str, float]:
+        return send(inputs[(client * per_client + n) % len(inputs)], options.client_timeout_s)
+
+    return burst(one, options.burst, per_client)
 
 
 def summarise(
-    records: list[tuple[float, str, float]],
+    records: list[tuple],
     capacity: float,
-    rate: float,
+    rate: float | None,
     after: tuple[str, float],
     options: OverloadOptions,
 ) -> dict:
+    """The report. `records` are `(t, outcome, seconds)`, burst ones `(t, outcome, seconds, client, n)`;
+    `rate` is the open loop's (None for a burst)."""
     by_outcome: dict[str, list[float]] = defaultdict(list)
-    for _, outcome, seconds in records:
+    for _, outcome, seconds, *_ in records:
         by_outcome[outcome].append(seconds)
-    shed = [s for outcome, ss in by_outcome.items() if outcome.startswith("ServerBusyError") for s in ss]
+    shed = [s for outcome, ss in by_outcome.items() if outcome.startswith(SHED) for s in ss]
+    good = goodput(records, options.client_timeout_s)
+    mode = {"mode": "burst", "clients": options.burst, "requests_per_client": options.requests_per_client}
+    if not options.burst:
+        mode = {"mode": "open-loop", "offered_per_s": rate, "duration_s": options.duration_s}
     return {
         "url": options.url,
         "kind": options.kind,
+        "sender": "tritonclient" if options.plain_clients else "sdk",
+        **mode,
         "capacity_per_s": capacity,
-        "offered_per_s": rate,
-        "duration_s": options.duration_s,
         "client_timeout_s": options.client_timeout_s,
         "requests": len(records),
         "outcomes": {
             outcome: {"count": len(ss), "p50_s": _median(ss), "max_s": max(ss)}
             for outcome, ss in sorted(by_outcome.items())
         },
-        "client_timeouts": len(by_outcome.get("CaptionTimeoutError", [])),
+        "client_timeouts": len(by_outcome.get(TIMEOUT, [])),
         "shed": len(shed),
         "shed_after_1s": sum(1 for s in shed if s >= FAST_S),
+        **good,
+        "goodput_ratio": good["goodput_per_s"] / capacity,
+        **refusals(records),
         "right_after": {"outcome": after[0], "seconds": after[1]},
-        "records": [{"t": t, "outcome": o, "seconds": s} for t, o, s in sorted(records)],
+        "records": [_record(r) for r in sorted(records)],
     }
+
+
+def _record(record: tuple) -> dict:
+    t, outcome, seconds, *where = record
+    return {"t": t, "outcome": outcome, "seconds": seconds, **dict(zip(("client", "n"), where, strict=False))}
 
 
 def _median(values: list[float]) -> float:
@@ -153,7 +188,7 @@ def _median(values: list[float]) -> float:
 
 def met(report: dict) -> bool:
     """The guarantee: nothing reaches the client timeout, nothing fails but by shedding, and sheds are fast."""
-    expected = {o for o in report["outcomes"] if o == "ok" or o.startswith("ServerBusyError")}
+    expected = {o for o in report["outcomes"] if o == "ok" or o.startswith(SHED)}
     return (
         report["client_timeouts"] == 0
         and expected == set(report["outcomes"])
@@ -162,11 +197,40 @@ def met(report: dict) -> bool:
     )
 
 
+def burst_met(report: dict) -> bool:
+    """A burst's criterion: answered at `BURST_GOODPUT` of the capacity or better, no client reached its
+    timeout, and every refusal came within a second."""
+    return (
+        report["goodput_ratio"] >= BURST_GOODPUT
+        and report["client_timeouts"] == 0
+        and report["shed_after_1s"] == 0
+    )
+
+
+def criterion_met(report: dict) -> bool:
+    """`burst_met` for a burst, `met` for the open loop: what the command's exit status says."""
+    return burst_met(report) if report["mode"] == "burst" else met(report)
+
+
+def _heading(report: dict) -> str:
+    where = f"overload {report['url']} ({report['kind']}, {report['sender']} clients)"
+    if report["mode"] == "burst":
+        return (
+            f"{where}: capacity {report['capacity_per_s']:.2f}/s; a burst of {report['clients']} clients x "
+            f"{report['requests_per_client']} requests: {report['requests']} requests"
+        )
+    return (
+        f"{where}: capacity {report['capacity_per_s']:.2f}/s, offered {report['offered_per_s']:.2f}/s for "
+        f"{report['duration_s']:.0f} s: {report['requests']} requests"
+    )
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
 def format_report(report: dict) -> str:
-    lines = [
-        f"overload {report['url']} ({report['kind']}): capacity {report['capacity_per_s']:.2f}/s, offered "
-        f"{report['offered_per_s']:.2f}/s for {report['duration_s']:.0f} s: {report['requests']} requests",
-    ]
+    lines = [_heading(report)]
     for outcome, o in report["outcomes"].items():
         lines.append(f"  {outcome:32s} {o['count']:6d}   p50 {o['p50_s']:7.3f} s   max {o['max_s']:7.3f} s")
     after = report["right_after"]
@@ -174,7 +238,25 @@ def format_report(report: dict) -> str:
         f"  client timeouts {report['client_timeouts']}; shed after {FAST_S:g} s: {report['shed_after_1s']} of "
         f"{report['shed']}; right after: {after['outcome']} in {after['seconds']:.2f} s"
     )
+    lines.append(
+        f"  goodput {report['goodput_per_s']:.2f}/s = {report['goodput_ratio']:.2f}x capacity ({report['good']} "
+        f"answers in time over {report['span_s']:.1f} s); refusals p95 {_seconds(report['refusal_p95_s'])}, "
+        f"max {_seconds(report['refusal_max_s'])}"
+    )
     return "\n".join(lines)
+
+
+def _title(report: dict) -> str:
+    good = f"goodput {report['goodput_per_s']:.2f}/s = {report['goodput_ratio']:.2f}x capacity"
+    if report["mode"] == "burst":
+        return (
+            f"burst of {report['clients']} clients x {report['requests_per_client']} requests "
+            f"({report['kind']}, {report['sender']}): {good}"
+        )
+    return (
+        f"{report['offered_per_s']:.1f} requests/s offered, {report['offered_per_s'] / report['capacity_per_s']:.1f}x "
+        f"the measured capacity ({report['kind']}, {report['sender']}): {good}"
+    )
 
 
 def write_outputs(report: dict, output_dir: Path) -> dict[str, Path]:
@@ -193,11 +275,17 @@ def write_outputs(report: dict, output_dir: Path) -> dict[str, Path]:
     ax.axhline(report["client_timeout_s"], color="red", linestyle=":", label="client timeout")
     ax.axhline(FAST_S, color="grey", linestyle=":", label=f"{FAST_S:g} s")
     ax.set_yscale("log")
-    ax.set_xlabel("arrival (s into the open-loop phase)")
+    phase = "the burst" if report["mode"] == "burst" else "the open-loop phase"
+    ax.set_xlabel(f"sent (s into {phase})")
     ax.set_ylabel("answered after (s)")
-    ax.set_title(
-        f"{report['offered_per_s']:.1f} requests/s offered, {report['offered_per_s'] / report['capacity_per_s']:.1f}x "
-        f"the measured capacity ({report['kind']})"
+    ax.set_title(_title(report), fontsize=9)
+    ax.text(
+        0.01,
+        0.02,
+        f"client timeouts {report['client_timeouts']}; refusals p95 {_seconds(report['refusal_p95_s'])}, "
+        f"max {_seconds(report['refusal_max_s'])}",
+        transform=ax.transAxes,
+        fontsize=7,
     )
     ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()

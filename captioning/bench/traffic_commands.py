@@ -82,7 +82,13 @@ def register_fuzz(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _overload(args: argparse.Namespace) -> int:
-    from captioning.bench.overload import OverloadOptions, format_report, met, run_overload, write_outputs
+    from captioning.bench.overload import (
+        OverloadOptions,
+        criterion_met,
+        format_report,
+        run_overload,
+        write_outputs,
+    )
 
     options = OverloadOptions(
         url=args.url,
@@ -92,18 +98,32 @@ def _overload(args: argparse.Namespace) -> int:
         capacity=args.capacity,
         capacity_s=args.capacity_duration,
         client_timeout_s=args.client_timeout,
+        plain_clients=args.plain_clients,
+        burst=args.burst,
+        requests_per_client=args.requests_per_client,
     )
     report = run_overload(options)
     print(format_report(report))
     paths = write_outputs(report, args.output_dir)
     print(f"\nresults: {paths['json']}\nplot: {paths['plot']}")
-    return 0 if met(report) else 1
+    return 0 if criterion_met(report) else 1
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def register_overload(subparsers: argparse._SubParsersAction) -> None:
     overload = subparsers.add_parser(
         "overload",
-        help="open-loop traffic at a multiple of the measured capacity: is the excess shed at once?",
+        help="open-loop traffic at a multiple of the measured capacity, or a burst of clients at once: is the "
+        "excess shed at once, and what goodput is left?",
     )
     overload.add_argument("--url", default="localhost:8001")
     overload.add_argument(
@@ -116,5 +136,24 @@ def register_overload(subparsers: argparse._SubParsersAction) -> None:
     )
     overload.add_argument("--capacity-duration", type=_duration, default=30.0)
     overload.add_argument("--client-timeout", type=float, default=30.0, help="each client's timeout (s)")
+    overload.add_argument(
+        "--plain-clients",
+        action="store_true",
+        help="send with plain tritonclient gRPC (client_timeout only, no request timeout), as perf_analyzer does",
+    )
+    overload.add_argument(
+        "--burst",
+        type=_at_least(0),
+        default=0,
+        metavar="N",
+        help="N clients arriving at once, in place of the open loop (--multiple and --duration then unused)",
+    )
+    overload.add_argument(
+        "--requests-per-client",
+        type=_at_least(1),
+        default=3,
+        metavar="K",
+        help="with --burst: each client's requests, one after another",
+    )
     overload.add_argument("--output-dir", type=Path, default=Path("build/overload"))
     overload.set_defaults(func=_overload)

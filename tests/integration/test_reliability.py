@@ -98,6 +98,24 @@ def test_overload_is_shed_fast_and_nothing_reaches_the_client_timeout(slow_serve
     assert report["right_after"]["outcome"] == "ok"  # serving normally right after
 
 
+def test_a_burst_of_plain_clients_is_measured_as_goodput(slow_server, tmp_path):
+    """`captioning overload --burst 12 --requests-per-client 2 --plain-clients`: plain tritonclient requests
+    without a deadline, every one accounted for, refusals fast, goodput stated against the capacity. The
+    pipeline-wide admission that would hold goodput up (issue 31) is not built yet, so its floor is not asserted."""
+    from captioning.bench.overload import OverloadOptions, format_report, run_overload
+
+    options = OverloadOptions(
+        url=slow_server.grpc_url, kind="text", capacity_s=6, client_timeout_s=60, plain_clients=True,
+        burst=12, requests_per_client=2,
+    )  # fmt: skip
+    report = run_overload(options)
+    print(format_report(report))
+    assert report["requests"] == 24 == sum(o["count"] for o in report["outcomes"].values())
+    assert all(k == "ok" or k.startswith("ServerBusyError") for k in report["outcomes"]), report["outcomes"]
+    assert report["good"] > 0 and report["goodput_ratio"] is not None and report["client_timeouts"] == 0
+    assert report["refusal_max_s"] is None or report["refusal_max_s"] < 5.0
+
+
 def test_abandoned_requests_stop_being_decoded(slow_server):
     import time
     from concurrent.futures import ThreadPoolExecutor

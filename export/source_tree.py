@@ -145,10 +145,11 @@ def source_configs(dims: GraphDims = DEFAULT_DIMS) -> dict[str, str]:
     meta = declared_metadata(dims)
     image_size = (dims.image_size, dims.image_size)
     configs = {}
-    for runner, wanted in ((contract.INPROCESS_RUNNER, None), (contract.BLS_RUNNER, BLS_GRAPH_MODELS)):
+    for runner in (contract.INPROCESS_RUNNER, contract.BLS_RUNNER):
         build = BuildOptions(repository=RepositoryOptions(decoder_runner=runner))
         for spec in model_specs(meta, image_size, served_options(build, dims.mbart_positions)):
-            if wanted is None and spec.name not in BLS_GRAPH_MODELS or wanted and spec.name in wanted:
+            # the decoder graphs from the BLS export, every other model from the default one
+            if (spec.name in BLS_GRAPH_MODELS) == (runner == contract.BLS_RUNNER):
                 configs[spec.name] = spec.to_pbtxt()
     return configs
 

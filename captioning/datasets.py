@@ -36,9 +36,11 @@ class DataIssue:
     path: Path
     line: int
     problem: str
+    record: str = ""  # JSON sources: where in the document, e.g. "annotations[12]" (line is then the index)
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.problem}"
+        where = f" {self.record}" if self.record else f":{self.line}"
+        return f"{self.path}{where}: {self.problem}"
 
 
 @dataclasses.dataclass
@@ -49,8 +51,8 @@ class DataReport:
     issues: list[DataIssue] = dataclasses.field(default_factory=list)
     max_logged: int = 20
 
-    def add(self, path: Path, line: int, problem: str) -> None:
-        issue = DataIssue(Path(path), line, problem)
+    def add(self, path: Path, line: int, problem: str, record: str = "") -> None:
+        issue = DataIssue(Path(path), line, problem, record)
         if self.strict:
             raise DataError(str(issue))
         self.issues.append(issue)
@@ -63,7 +65,7 @@ class DataReport:
         return {"skipped": len(self.issues), "issues": [str(i) for i in self.issues[:100]]}
 
 
-def _lines(path: Path, report: DataReport) -> Iterator[tuple[int, str]]:
+def text_lines(path: Path, report: DataReport) -> Iterator[tuple[int, str]]:
     """Lines of a text file, 1-based; lines that are not UTF-8 are reported and skipped."""
     path = Path(path)
     if not path.is_file():
@@ -82,7 +84,7 @@ def read_captions(path: Path, report: DataReport | None = None) -> dict[str, lis
     """Flickr8k captions: the Kaggle CSV (`image,caption`) or the original token file (`image#n<TAB>caption`)."""
     report = report or DataReport()
     captions: dict[str, list[str]] = defaultdict(list)
-    for number, line in _lines(path, report):
+    for number, line in text_lines(path, report):
         if not line.strip() or (number == 1 and line.lower().startswith("image,caption")):
             continue
         if "\t" in line:
@@ -112,7 +114,7 @@ def read_arabic_captions(path: Path, report: DataReport | None = None) -> dict[s
     report = report or DataReport()
     captions: dict[str, list[str]] = defaultdict(list)
     last: str | None = None
-    for number, line in _lines(path, report):
+    for number, line in text_lines(path, report):
         if not line.strip():
             continue
         if "\t" not in line:
@@ -221,7 +223,7 @@ def read_pairs(path: Path, report: DataReport | None = None) -> list[Translation
     """Tab-separated `source<TAB>target[<TAB>attribution...]` (the Tatoeba/Anki format)."""
     report = report or DataReport()
     pairs = []
-    for number, line in _lines(path, report):
+    for number, line in text_lines(path, report):
         if not line.strip():
             continue
         fields = line.split("\t")

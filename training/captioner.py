@@ -1,4 +1,5 @@
-"""`captioning train-captioner`: fine-tune a BlipForConditionalGeneration checkpoint on a Flickr8k-layout dataset.
+"""`captioning train-captioner`: fine-tune a BlipForConditionalGeneration checkpoint on a caption dataset
+(Flickr8k layout, COCO, Karpathy JSON or an imagefolder: docs/training.md, "Data formats").
 
 Defaults are the original study's (7 epochs, batch 8, AdamW lr 5e-5, linear schedule, captions padded to 64 tokens
 with the pads masked out of the loss), but only on the official train split: the dev split picks the best
@@ -18,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from captioning.caption_sources import CAPTION_FORMATS, detect_caption_format, open_caption_source
 from captioning.datasets import (
     CaptionExample,
     DataError,
@@ -41,6 +43,9 @@ class CaptionerData:
     root: Path
     limit_images: int | None = None  # per split, for smoke runs
     strict: bool = False
+    format: str | None = None  # one of caption_sources.CAPTION_FORMATS; None: detected from root
+    images: Path | None = None  # COCO / Karpathy image folder (default: see caption_sources)
+    caption_column: str = "text"  # imagefolder metadata column
 
 
 class CaptionerTask:
@@ -53,18 +58,30 @@ class CaptionerTask:
 
         self.config = config
         self.report = DataReport(strict=data.strict)
-        layout = FlickrLayout(Path(data.root))
-        captions = read_captions(layout.captions, self.report)  # once: its problems are reported once
         self.missing_images: dict[str, int] = {}
-        self.train = self._split(layout, "train", captions, data.limit_images)
-        self.dev = self._split(layout, "dev", captions, data.limit_images)
-        _refuse_test_images(layout, self.train + self.dev)
+        self._load_data(data)
         revision = config.model_revision
         self.processor = BlipProcessor.from_pretrained(str(model_source), revision=revision)
         self.bos_id = BlipConfig.from_pretrained(
             str(model_source), revision=revision
         ).text_config.bos_token_id
         self.dev_refs = _group_by_image(self.dev)
+
+    def _load_data(self, data: CaptionerData) -> None:
+        """Train and dev examples; Flickr8k keeps its own reader (missing images logged once, not per line),
+        every other format goes through `open_caption_source` with the test split refused."""
+        fmt = data.format or detect_caption_format(Path(data.root))
+        if fmt == "flickr8k":
+            layout = FlickrLayout(Path(data.root))
+            captions = read_captions(layout.captions, self.report)  # once: its problems are reported once
+            self.train = self._split(layout, "train", captions, data.limit_images)
+            self.dev = self._split(layout, "dev", captions, data.limit_images)
+            _refuse_test_images(layout, self.train + self.dev)
+            return
+        source = open_caption_source(Path(data.root), fmt, data.images, data.caption_column)
+        self.train = source.examples("train", self.report, data.limit_images, training=True)
+        self.dev = source.examples("dev", self.report, data.limit_images, training=True)
+        self.missing_images = {"train": 0, "dev": 0, **source.missing_images}
 
     def _split(
         self, layout: FlickrLayout, split: str, captions: dict[str, list[str]], limit: int | None
@@ -172,6 +189,33 @@ def _refuse_test_images(layout: FlickrLayout, examples: list[CaptionExample]) ->
         )
 
 
+def add_caption_data_arguments(
+    parser: argparse.ArgumentParser, required: bool, default: str | None = None
+) -> None:
+    """`--data`, `--data-format`, `--images`, `--caption-column`: shared with `captioning evaluate`."""
+    parser.add_argument(
+        "--data",
+        required=required,
+        default=default,
+        help="captions: a Flickr8k-layout folder, a COCO captions_*.json, a Karpathy dataset_*.json or an "
+        "imagefolder with metadata.jsonl/metadata.csv (docs/training.md, 'Data formats')"
+        + ("; default: %(default)s" if default else ""),
+    )
+    parser.add_argument(
+        "--data-format",
+        choices=CAPTION_FORMATS,
+        help="force the caption format (default: detected from --data)",
+    )
+    parser.add_argument(
+        "--images",
+        help="COCO/Karpathy image folder (default: COCO: the folder named like the file after captions_, beside "
+        "its folder; Karpathy: the JSON's folder or its Images/ subfolder)",
+    )
+    parser.add_argument(
+        "--caption-column", default="text", help="imagefolder metadata caption column; default: %(default)s"
+    )
+
+
 def _group_by_image(examples: list[CaptionExample]) -> dict[Path, list[str]]:
     refs: dict[Path, list[str]] = {}
     for example in examples:
@@ -191,7 +235,14 @@ def _run(args: argparse.Namespace) -> int:
     from captioning.training.train_args import config_from_args
 
     config = config_from_args(args)
-    data = CaptionerData(root=Path(args.data), limit_images=args.limit_images, strict=args.strict)
+    data = CaptionerData(
+        root=Path(args.data),
+        limit_images=args.limit_images,
+        strict=args.strict,
+        format=args.data_format,
+        images=Path(args.images) if args.images else None,
+        caption_column=args.caption_column,
+    )
     metrics = train_captioner(args.model, data, config)
     print(f"best checkpoint: {config.output / 'best'} ({metrics['best']})")
     print(f"metrics: {config.output / 'metrics.json'}; loss curve: {config.output / 'loss_curve.png'}")
@@ -203,7 +254,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "train-captioner",
-        help="fine-tune a BLIP captioner on a Flickr8k-layout dataset",
+        help="fine-tune a BLIP captioner on Flickr8k, COCO, Karpathy or imagefolder captions",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: captioning train-captioner --model Salesforce/blip-image-captioning-base "
@@ -216,12 +267,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="BlipForConditionalGeneration checkpoint with its processor: hub id or folder; default: %(default)s",
     )
     add_model_revision_argument(parser, "captioner")
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="Flickr8k-layout folder: Images/, captions.txt (or Flickr8k.token.txt), "
-        "Flickr_8k.trainImages.txt and Flickr_8k.devImages.txt",
-    )
+    add_caption_data_arguments(parser, required=True)
     parser.add_argument("--limit-images", type=int, help="use at most N images of each split (smoke runs)")
     parser.add_argument(
         "--strict", action="store_true", help="stop at the first bad data line instead of skipping it"

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from captioning.datasets import DataReport, FlickrLayout, read_arabic_captions
+from captioning.caption_sources import open_caption_source
+from captioning.datasets import DataReport, read_arabic_captions
 from captioning.training import report as reports
 
 LOG = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class EvalOptions:
     progress: bool = True
     label: str | None = None
     timeout_s: float = 300.0
+    data_format: str | None = None  # caption_sources.CAPTION_FORMATS; None: detected from `data`
+    images: Path | None = None  # COCO / Karpathy image folder
+    caption_column: str = "text"  # imagefolder metadata column
 
 
 @dataclasses.dataclass
@@ -54,10 +58,12 @@ class EvalSet:
 
 def load_eval_set(options: EvalOptions, *, arabic: bool) -> EvalSet:
     issues = DataReport()
-    layout = FlickrLayout(Path(options.data))
+    source = open_caption_source(
+        Path(options.data), options.data_format, options.images, options.caption_column
+    )
     english: dict[str, list[str]] = {}
     paths: dict[str, Path] = {}
-    for example in layout.examples(options.split, issues, limit=options.limit):
+    for example in source.examples(options.split, issues, limit=options.limit):
         english.setdefault(example.image.name, []).append(example.caption)
         paths[example.image.name] = example.image
     names = list(english)

@@ -1,4 +1,7 @@
-"""`captioning evaluate`: BLEU-1..4, METEOR and CIDEr of a captioner on Flickr8k-layout images.
+"""`captioning evaluate`: BLEU-1..4, METEOR and CIDEr of a captioner on a caption dataset's split.
+
+`--data` takes the sources training takes (Flickr8k layout, COCO, Karpathy JSON, imagefolder); the test split
+is Flickr8k's test file, COCO's val file, Karpathy's `test` images or an imagefolder's `split=test` rows.
 
 Three ways in: a checkpoint directory (a BLIP `save_pretrained` dir, or a baseline dir with `baseline.json`
 from `captioning train-baseline`), the running Triton pipeline (`--url`: English captions against the Flickr8k
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from captioning.datasets import DataError
 from captioning.training import report as reports
+from captioning.training.captioner import add_caption_data_arguments
 from captioning.training.evaluate import (
     DEFAULT_ARABIC,
     DEFAULT_DATA,
@@ -39,6 +43,9 @@ def _options(args: argparse.Namespace) -> EvalOptions:
         progress=not args.no_progress,
         label=args.label,
         timeout_s=args.timeout,
+        data_format=args.data_format,
+        images=Path(args.images) if args.images else None,
+        caption_column=args.caption_column,
     )
 
 
@@ -96,9 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--compare", nargs="+", metavar="REPORT", help="combine JSON reports into one table")
     parser.add_argument("--protocol", choices=("grpc", "http"), help="with --url (default: from the port)")
     parser.add_argument("--lang", choices=("both", "en"), default="both", help="with --url: languages scored")
-    parser.add_argument(
-        "--data", default=str(DEFAULT_DATA), help="Flickr8k-layout folder (default: %(default)s)"
-    )
+    add_caption_data_arguments(parser, required=False, default=str(DEFAULT_DATA))
     parser.add_argument(
         "--split", choices=("dev", "test", "train"), default="dev", help="default: %(default)s"
     )

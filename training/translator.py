@@ -1,8 +1,11 @@
 """`captioning train-translator`: fine-tune an MBartForConditionalGeneration (mBART-50) checkpoint on
 English-Arabic sentence pairs.
 
-Input: a tab-separated file, `english<TAB>arabic[<TAB>attribution]` (the Tatoeba/Anki format; extra columns
-are ignored). A deterministic held-out share (`--held-out`, 5 %) is kept for dev loss and chrF/BLEU.
+Input (`--pairs`, format detected or `--pairs-format`): the tab-separated Tatoeba/Anki file
+`english<TAB>arabic[<TAB>attribution]`, JSONL or CSV with `en`/`ar` columns (`--source-column`,
+`--target-column`), or JSONL with a `translation` object per line (OPUS/WMT exports). A `split` column's dev
+rows are the dev set and its test rows are never read; otherwise a deterministic held-out share (`--held-out`,
+5 %) is kept for dev loss and chrF/BLEU.
 Defaults are the original study's: 5 epochs, batch 4, AdamW lr 2e-5, 64 tokens, source `en_XX`, target `ar_AR`.
 Targets are tokenised with `text_target` (so they start with the `ar_AR` code, as mBART-50 expects), the model
 shifts them right behind `</s>` itself, and pads are `-100` in the labels. Dev translations are generated as
@@ -17,7 +20,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from captioning.datasets import DataReport, TranslationPair, read_pairs, split_pairs
+from captioning.datasets import DataReport, TranslationPair, split_pairs
+from captioning.pair_sources import PAIR_FORMATS, read_pair_source
 from captioning.training.train_args import TrainConfig
 
 LOG = logging.getLogger(__name__)
@@ -33,6 +37,9 @@ class TranslatorData:
     source_lang: str = "en_XX"
     target_lang: str = "ar_AR"
     strict: bool = False
+    format: str | None = None  # one of pair_sources.PAIR_FORMATS; None: detected from the path
+    source_column: str = "en"  # JSONL/CSV column (or translation key) of the English text
+    target_column: str = "ar"
 
 
 class TranslatorTask:
@@ -47,10 +54,13 @@ class TranslatorTask:
 
         self.config = config
         self.report = DataReport(strict=data.strict)
-        pairs = read_pairs(data.pairs, self.report)
-        if data.limit_pairs is not None:
-            pairs = pairs[: data.limit_pairs]
-        self.train, self.dev = split_pairs(pairs, data.held_out, seed=config.seed)
+        found = read_pair_source(data.pairs, data.format, self.report, data.source_column, data.target_column)
+        pairs = found.train[: data.limit_pairs] if data.limit_pairs is not None else found.train
+        if found.dev:  # a split column decided
+            self.train, self.dev = pairs, found.dev[: data.limit_pairs] if data.limit_pairs else found.dev
+        else:
+            self.train, self.dev = split_pairs(pairs, data.held_out, seed=config.seed)
+        self.test_rows_skipped = found.test_rows
         with spm_protobuf_compat():
             self.tokenizer = AutoTokenizer.from_pretrained(
                 str(model_source),
@@ -111,7 +121,12 @@ class TranslatorTask:
         self.tokenizer.save_pretrained(path)
 
     def data_summary(self) -> dict[str, Any]:
-        return {"train_pairs": len(self.train), "held_out_pairs": len(self.dev), **self.report.summary()}
+        return {
+            "train_pairs": len(self.train),
+            "held_out_pairs": len(self.dev),
+            **({"test_rows_skipped": self.test_rows_skipped} if self.test_rows_skipped else {}),
+            **self.report.summary(),
+        }
 
 
 def train_translator(model: str | Path, data: TranslatorData, config: TrainConfig) -> dict[str, Any]:
@@ -133,6 +148,9 @@ def _run(args: argparse.Namespace) -> int:
         source_lang=args.source_lang,
         target_lang=args.target_lang,
         strict=args.strict,
+        format=args.pairs_format,
+        source_column=args.source_column,
+        target_column=args.target_column,
     )
     metrics = train_translator(args.model, data, config)
     print(f"best checkpoint: {config.output / 'best'} ({metrics['best']})")
@@ -162,8 +180,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--pairs",
         required=True,
-        help="tab-separated english<TAB>arabic[<TAB>attribution] file (Tatoeba format)",
+        help="sentence pairs: Tatoeba TSV (english<TAB>arabic[<TAB>attribution]), JSONL or CSV with "
+        "--source-column/--target-column, or JSONL with a 'translation' object per line",
     )
+    parser.add_argument(
+        "--pairs-format", choices=PAIR_FORMATS, help="force the pairs format (default: detected from --pairs)"
+    )
+    parser.add_argument("--source-column", default="en", help="English column or key; default: %(default)s")
+    parser.add_argument("--target-column", default="ar", help="Arabic column or key; default: %(default)s")
     parser.add_argument(
         "--held-out",
         type=float,

@@ -1,7 +1,7 @@
 """Who may change the server: the admin key that Triton's control plane asks for, and gRPC TLS.
 
 Triton serves its control plane (loading and unloading models, with uploaded files; registering shared memory;
-statistics, trace and log settings) on the same ports as inference. The launcher restricts those APIs to requests
+trace and log settings) on the same ports as inference. The launcher restricts those APIs to requests
 that carry `contract.ADMIN_KEY_HEADER` with a secret value, so a client that can reach the ports can infer and read
 metadata but cannot change the server (docs/security.md). The key is the operator's (a file or the environment),
 or a random one per start that only the launcher and its watchdog know. It is never logged.
@@ -108,14 +108,6 @@ def resolve_admin_key(path: Path | None = None, environ: Mapping[str, str] = os.
     return AdminKey.generate()
 
 
-def operator_key(environ: Mapping[str, str] = os.environ, path: Path | None = None) -> AdminKey | None:
-    """The key a project command sends to a server it did not start, from the places the server reads it;
-    None when none is set (the server then refuses the request, by name)."""
-    if path is None and not environ.get(KEY_FILE_ENV) and not environ.get(KEY_ENV):
-        return None
-    return resolve_admin_key(path, environ)
-
-
 @dataclasses.dataclass(frozen=True)
 class GrpcTls:
     """gRPC over TLS (Triton's `--grpc-use-ssl`); with `client_ca`, clients must present a certificate it signed."""
@@ -134,10 +126,6 @@ class GrpcTls:
         if self.client_ca is not None:
             args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.client_ca}"]
         return args
-
-
-def loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def local_address(host: str) -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from captioning import contract
-from captioning.server import security
 from captioning.server.launcher import ServerOptions, TritonServer, command
 from captioning.server.security import AdminKey, GrpcTls, SecurityError, resolve_admin_key
 
@@ -67,8 +66,7 @@ def test_the_key_comes_from_a_file_then_the_environment(tmp_path):
     assert resolve_admin_key(None, {"CAPTIONING_ADMIN_KEY_FILE": str(path)}).value == KEY
     assert resolve_admin_key(None, {"CAPTIONING_ADMIN_KEY": KEY}).source == "$CAPTIONING_ADMIN_KEY"
     assert resolve_admin_key(None, {}).source == "generated"
-    assert security.operator_key({}) is None
-    operator = security.operator_key({"CAPTIONING_ADMIN_KEY": KEY})
+    operator = resolve_admin_key(None, {"CAPTIONING_ADMIN_KEY": KEY})
     assert operator.headers == {contract.ADMIN_KEY_HEADER: KEY}
     assert operator.grpc_headers == {"triton-grpc-protocol-" + contract.ADMIN_KEY_HEADER: KEY}
 

@@ -155,7 +155,7 @@ def imagefolder_metadata(root: Path) -> Path:
     raise DataError(f"{root}: an imagefolder needs metadata.jsonl or metadata.csv")
 
 
-def _captions_of(value: Any) -> list[str]:
+def captions_of(value: Any) -> list[str]:
     """A caption cell: one string, or a JSON list of strings (several captions in one row)."""
     if isinstance(value, list):
         return [clean(v) for v in value]
@@ -180,7 +180,7 @@ def imagefolder_rows(root: Path, caption_column: str, report: DataReport) -> lis
         if not split:
             report.add(metadata, number, f"unknown split {record.get('split')!r} for {name}")
             continue
-        for caption in _captions_of(record[caption_column]):
+        for caption in captions_of(record[caption_column]):
             if not caption:
                 report.add(metadata, number, f"empty caption for {name}")
                 continue

@@ -1,5 +1,5 @@
-"""One reader interface over every caption layout (`--data`, `--data-format`): Flickr8k, COCO, Karpathy JSON
-and imagefolder. Each source yields the `CaptionExample`s the Flickr8k reader yields, per split, with the same
+"""One reader interface over every caption layout (`--data`, `--data-format`): Flickr8k, COCO, Karpathy JSON,
+imagefolder and `datasets` sources (`hub:NAME` or a dataset folder: `captioning.hub_captions`). Each source yields the `CaptionExample`s the Flickr8k reader yields, per split, with the same
 bad-line policy (`DataReport`) and the same no-test-leakage rule: a split file, split field or split column
 decides; training never reads the test split, and an image that is both test and train/dev is an error."""
 
@@ -12,25 +12,33 @@ from pathlib import Path
 from captioning import caption_formats as formats
 from captioning.caption_formats import CaptionRow
 from captioning.datasets import CaptionExample, DataError, DataReport, FlickrLayout
+from captioning.hub_captions import HubCaptionSource
+from captioning.hub_sources import HubOptions, is_hub_id, looks_like_dataset_folder
 
 LOG = logging.getLogger(__name__)
 
-CAPTION_FORMATS = ("flickr8k", "coco", "karpathy", "imagefolder")
+CAPTION_FORMATS = ("flickr8k", "coco", "karpathy", "imagefolder", "hf")
 SPLITS = ("train", "dev", "test")
 
 
 def detect_caption_format(path: Path) -> str:
-    """The format a path holds: a folder with metadata.jsonl/csv is an imagefolder, one with captions.txt (or
-    the token file) is Flickr8k; a JSON file with `annotations` is COCO, one with `sentences` is Karpathy."""
+    """The format a path holds: `hub:NAME` is a Hub dataset; a folder with metadata.jsonl/csv is an imagefolder,
+    one with captions.txt (or the token file) is Flickr8k, a `save_to_disk` folder or one of parquet/arrow files
+    is a `datasets` folder; a JSON file with `annotations` is COCO, one with `sentences` is Karpathy."""
+    if is_hub_id(path):
+        return "hf"
     path = Path(path)
     if path.is_dir():
         if any((path / n).is_file() for n in ("metadata.jsonl", "metadata.csv")):
             return "imagefolder"
         if any((path / n).is_file() for n in ("captions.txt", "Flickr8k.token.txt")):
             return "flickr8k"
+        if looks_like_dataset_folder(path):
+            return "hf"
         raise DataError(
             f"{path}: cannot tell the caption format: a folder needs captions.txt or Flickr8k.token.txt "
-            f"(flickr8k) or metadata.jsonl/metadata.csv (imagefolder); {_formats_hint()}"
+            f"(flickr8k), metadata.jsonl/metadata.csv (imagefolder) or datasets' files (hf: save_to_disk or "
+            f"parquet/arrow); {_formats_hint()}"
         )
     if not path.is_file():
         raise DataError(f"{path}: not found")
@@ -124,14 +132,18 @@ def _refuse_test_overlap(path: Path, rows: list[CaptionRow]) -> None:
 
 
 def open_caption_source(
-    path: Path,
+    path: str | Path,
     fmt: str | None = None,
     images: Path | None = None,
-    caption_column: str = "text",
-) -> CaptionSource:
-    """The source at `path`: `fmt` forces the format, else `detect_caption_format` picks it."""
-    path = Path(path)
+    caption_column: str | None = None,
+    hub: HubOptions | None = None,
+) -> CaptionSource | HubCaptionSource:
+    """The source at `path`: `fmt` forces the format, else `detect_caption_format` picks it. `caption_column`
+    defaults per format (imagefolder: `text`; hf: the first of `hub_captions.CAPTION_COLUMNS` present)."""
     fmt = check_caption_format(fmt) if fmt else detect_caption_format(path)
+    if fmt == "hf":
+        return HubCaptionSource(str(path), hub or HubOptions(), caption_column)
+    path = Path(path)
     if fmt == "flickr8k":
         return _flickr_source(path)
     if fmt == "coco":
@@ -145,7 +157,7 @@ def open_caption_source(
         return CaptionSource(path, fmt, dict.fromkeys(SPLITS, karpathy))
 
     def imagefolder(report: DataReport) -> list[CaptionRow]:
-        return formats.imagefolder_rows(path, caption_column, report)
+        return formats.imagefolder_rows(path, caption_column or "text", report)
 
     return CaptionSource(path, fmt, dict.fromkeys(SPLITS, imagefolder))
 

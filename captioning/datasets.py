@@ -8,12 +8,14 @@ stops with `DataError` only when a file is missing or nothing usable is left (or
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import random
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 LOG = logging.getLogger(__name__)
 
@@ -144,9 +146,31 @@ def read_split(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+class ImageFile(Protocol):
+    """What an example's image is: a `Path`, or a row of an Arrow-backed dataset (`hub_sources.DatasetImage`)
+    read only when a batch needs it. Hashable; equal for the same image, so captions group by it."""
+
+    @property
+    def name(self) -> str: ...
+
+    def read_bytes(self) -> bytes: ...
+
+
+ImageLike = Path | ImageFile
+
+
+def load_image(image: ImageLike) -> Any:
+    """The RGB `PIL.Image` of a file or a dataset row; raises `OSError` when it cannot be decoded."""
+    from PIL import Image
+
+    source = image if isinstance(image, (str, os.PathLike)) else io.BytesIO(image.read_bytes())
+    with Image.open(source) as opened:
+        return opened.convert("RGB")
+
+
 @dataclasses.dataclass(frozen=True)
 class CaptionExample:
-    image: Path
+    image: ImageLike
     caption: str
 
 

@@ -1,7 +1,9 @@
 """One reader interface over the sentence-pair formats (`--pairs`, `--pairs-format`): the Tatoeba TSV, JSONL or
-CSV with English/Arabic columns, and the `datasets` `translation` column (`{"translation": {"en": .., "ar": ..}}`
-per line, as OPUS/WMT exports write it). Bad lines are reported by file and line and skipped (`DataReport`).
-An optional `split` column decides dev rows (`dev`/`val`/`validation`); `test` rows are never read."""
+CSV with English/Arabic columns, the `datasets` `translation` column (`{"translation": {"en": .., "ar": ..}}`
+per line, as OPUS/WMT exports write it), and `datasets` sources (`hf`: `hub:NAME` or a dataset folder, with
+either form of columns). Bad lines are reported by file and line (dataset rows by split and row index) and
+skipped (`DataReport`). An optional `split` column decides dev rows (`dev`/`val`/`validation`); `test` rows are
+never read; a dataset's test split is never opened."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from captioning.datasets import DataError, DataReport, TranslationPair, read_pairs, text_lines
+from captioning.hub_sources import DatasetSplits, HubOptions, batches, is_hub_id
 from captioning.records import clean, csv_records, jsonl_records
 
-PAIR_FORMATS = ("tsv", "jsonl", "csv", "translation")
+PAIR_FORMATS = ("tsv", "jsonl", "csv", "translation", "hf")
 DEV_SPLITS = {"dev", "val", "valid", "validation"}
 
 
@@ -34,8 +37,11 @@ def check_pairs_format(fmt: str) -> str:
 
 
 def detect_pairs_format(path: Path) -> str:
-    """`.tsv`/`.txt` is the Tatoeba TSV, `.csv` is CSV; `.jsonl`/`.json` is the `translation` form when its
-    first record has a `translation` object, else flat JSONL columns."""
+    """`hub:NAME` and a folder are `datasets` sources; `.tsv`/`.txt` is the Tatoeba TSV, `.csv` is CSV;
+    `.jsonl`/`.json` is the `translation` form when its first record has a `translation` object, else flat
+    JSONL columns."""
+    if is_hub_id(path) or Path(path).is_dir():
+        return "hf"
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -59,17 +65,22 @@ def detect_pairs_format(path: Path) -> str:
 
 
 def read_pair_source(
-    path: Path,
+    path: str | Path,
     fmt: str | None = None,
     report: DataReport | None = None,
     source_column: str = "en",
     target_column: str = "ar",
+    hub: HubOptions | None = None,
 ) -> PairSet:
     """The pairs at `path`; `fmt` forces the format, else `detect_pairs_format`. A file with nothing usable
     raises `DataError` naming it."""
     report = report or DataReport()
-    path = Path(path)
     fmt = check_pairs_format(fmt) if fmt else detect_pairs_format(path)
+    if fmt == "hf":
+        return _dataset_pairs(
+            DatasetSplits(path, hub or HubOptions()), (source_column, target_column), report
+        )
+    path = Path(path)
     if fmt == "tsv":
         return PairSet(read_pairs(path, report))
     pairs = PairSet([])
@@ -107,3 +118,44 @@ def _add_pair(
         report.add(path, number, f"unknown split {record.get('split')!r}")
         return
     (pairs.dev if split in DEV_SPLITS else pairs.train).append(TranslationPair(source, target))
+
+
+def _dataset_pairs(splits: DatasetSplits, columns: tuple[str, str], report: DataReport) -> PairSet:
+    """The train split, and the dev split when the dataset has one (else the trainer holds out a share)."""
+    pairs = PairSet(_split_pairs(splits, splits.resolve("train", training=True), columns, report))
+    dev = splits.resolve("dev", training=True)
+    if dev is not None:
+        pairs.dev = _split_pairs(splits, dev, columns, report)
+    if not pairs.train:
+        raise DataError(f"{splits.label}: no usable sentence pairs in the {splits.options.train_split} split")
+    return pairs
+
+
+def _split_pairs(
+    splits: DatasetSplits, name: str, columns: tuple[str, str], report: DataReport
+) -> list[TranslationPair]:
+    """One split's pairs from `columns`, or from a `translation` column holding them as keys."""
+    dataset = splits.open(name)
+    flat = all(c in dataset.column_names for c in columns)
+    if not flat and "translation" not in dataset.column_names:
+        raise DataError(
+            f"{splits.label}: the {name} split has neither {columns[0]!r}/{columns[1]!r} columns nor a "
+            f"'translation' column (see --source-column/--target-column); columns: "
+            f"{', '.join(dataset.column_names)}"
+        )
+    found: list[TranslationPair] = []
+    for start, table in batches(dataset, list(columns) if flat else ["translation"]):
+        records = table.to_pylist()
+        for offset, record in enumerate(records):
+            fields = record if flat else record["translation"]
+            row = start + offset
+            if not isinstance(fields, dict) or not all(c in fields for c in columns):
+                problem = f"malformed record: expected {columns[0]!r} and {columns[1]!r} keys"
+                report.add(splits.label, row, problem, f"{name}[{row}]")
+                continue
+            source, target = clean(fields[columns[0]]), clean(fields[columns[1]])
+            if not source or not target:
+                report.add(splits.label, row, "empty source or target text", f"{name}[{row}]")
+                continue
+            found.append(TranslationPair(source, target))
+    return found

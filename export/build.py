@@ -122,7 +122,9 @@ def _versions() -> dict[str, str]:
 def build_repository(
     captioner: str | Path, translator: str | Path, output: Path, options: BuildOptions = BuildOptions()
 ) -> Path:
-    """Export, validate and lay out everything; the repository appears only once all of it succeeded."""
+    """Export, validate and lay out everything; the repository appears only once all of it succeeded. A LoRA
+    adapter directory for either checkpoint is merged onto its base first (`export/adapters.py`)."""
+    from captioning.export.adapters import merged_sources
     from captioning.export.graphs import load_captioner, load_translator
 
     options.validate_options()
@@ -132,10 +134,11 @@ def build_repository(
         prefix="captioning-export-", dir=output.parent if output.parent.exists() else None
     ) as tmp:
         work = Path(tmp)
+        blip_source, mbart_source, options = merged_sources(captioner, translator, work, options)
         # Loaded once: the same models give the graphs and the generation settings.
-        blip = load_captioner(captioner, options.captioner_revision)
-        mbart = load_translator(translator, options.translator_revision)
-        assets, image_size, tokenizer = _save_assets(captioner, translator, work, options)
+        blip = load_captioner(blip_source, options.captioner_revision)
+        mbart = load_translator(mbart_source, options.translator_revision)
+        assets, image_size, tokenizer = _save_assets(blip_source, mbart_source, work, options)
         caption = caption_settings(blip, options.max_length).with_overrides(options.caption)
         translation = translation_settings(mbart, tokenizer, options.target_lang, options.max_length)
         translation = translation.with_overrides(options.translation)

@@ -1,5 +1,6 @@
 """`captioning train-captioner`: fine-tune a BlipForConditionalGeneration checkpoint on a caption dataset
-(Flickr8k layout, COCO, Karpathy JSON or an imagefolder: docs/training.md, "Data formats").
+(Flickr8k layout, COCO, Karpathy JSON, an imagefolder, `hub:NAME` or a `datasets` folder: docs/training.md,
+"Data formats"), every weight or LoRA adapters (`--lora-rank`, training/lora.py).
 
 Defaults are the original study's (7 epochs, batch 8, AdamW lr 5e-5, linear schedule, captions padded to 64 tokens
 with the pads masked out of the loss), but only on the official train split: the dev split picks the best
@@ -25,9 +26,19 @@ from captioning.datasets import (
     DataError,
     DataReport,
     FlickrLayout,
+    ImageLike,
     flickr_examples,
+    load_image,
     read_captions,
     read_split,
+)
+from captioning.hub_sources import HubOptions, add_hub_arguments, hub_options_from_args
+from captioning.training import lora
+from captioning.training.lora import (
+    FULL_FINE_TUNING,
+    LoraOptions,
+    add_lora_arguments,
+    lora_options_from_args,
 )
 from captioning.training.train_args import TrainConfig
 
@@ -45,7 +56,8 @@ class CaptionerData:
     strict: bool = False
     format: str | None = None  # one of caption_sources.CAPTION_FORMATS; None: detected from root
     images: Path | None = None  # COCO / Karpathy image folder (default: see caption_sources)
-    caption_column: str = "text"  # imagefolder metadata column
+    caption_column: str | None = None  # imagefolder: `text`; hf: the first of caption/captions/text present
+    hub: HubOptions = HubOptions()  # hub:NAME and dataset folders: columns, splits, config, revision
 
 
 class CaptionerTask:
@@ -53,10 +65,18 @@ class CaptionerTask:
 
     name = "train-captioner"
 
-    def __init__(self, model_source: str | Path, data: CaptionerData, config: TrainConfig):
+    def __init__(
+        self,
+        model_source: str | Path,
+        data: CaptionerData,
+        config: TrainConfig,
+        lora_options: LoraOptions = FULL_FINE_TUNING,
+    ):
         from transformers import BlipConfig, BlipProcessor
 
         self.config = config
+        self.lora = lora_options
+        self.last_samples: list[tuple[str, str]] = []  # (reference, caption) of the last dev_metrics
         self.report = DataReport(strict=data.strict)
         self.missing_images: dict[str, int] = {}
         self._load_data(data)
@@ -78,7 +98,7 @@ class CaptionerTask:
             self.dev = self._split(layout, "dev", captions, data.limit_images)
             _refuse_test_images(layout, self.train + self.dev)
             return
-        source = open_caption_source(Path(data.root), fmt, data.images, data.caption_column)
+        source = open_caption_source(data.root, fmt, data.images, data.caption_column, data.hub)
         self.train = source.examples("train", self.report, data.limit_images, training=True)
         self.dev = source.examples("dev", self.report, data.limit_images, training=True)
         self.missing_images = {"train": 0, "dev": 0, **source.missing_images}
@@ -103,9 +123,15 @@ class CaptionerTask:
         return examples
 
     def load_model(self, source: str | Path) -> Any:
-        from transformers import BlipForConditionalGeneration
-
-        return BlipForConditionalGeneration.from_pretrained(str(source), revision=self.config.model_revision)
+        """The checkpoint; with LoRA, wrapped in a fresh adapter, or (resuming from last/) its saved one."""
+        if not self.lora.enabled:
+            return _blip(source, self.config.model_revision)
+        adapter = lora.resume_adapter(Path(source)) if Path(source) == self.config.output / "last" else None
+        if adapter is not None:
+            return lora.load_trainable(adapter, _blip, self.lora)
+        return lora.wrap(
+            _blip(source, self.config.model_revision), "blip", self.lora, source, self.config.model_revision
+        )
 
     def train_items(self) -> list[CaptionExample]:
         return self.train
@@ -113,14 +139,11 @@ class CaptionerTask:
     def dev_items(self) -> list[CaptionExample]:
         return self.dev
 
-    def _pixels(self, paths: list[Path]):
-        from PIL import Image
-
+    def _pixels(self, paths: list[ImageLike]):
         images = []
         for path in paths:
             try:
-                with Image.open(path) as image:
-                    images.append(image.convert("RGB"))
+                images.append(load_image(path))
             except OSError as exc:
                 raise DataError(f"{path}: cannot read the image ({exc})") from exc
         return self.processor(images=images, return_tensors="pt").pixel_values
@@ -146,7 +169,7 @@ class CaptionerTask:
             "labels": labels,
         }
 
-    def generate(self, model: Any, images: list[Path], device: Any) -> list[str]:
+    def generate(self, model: Any, images: list[ImageLike], device: Any) -> list[str]:
         """Captions as served: the checkpoint's generation config, max_length 64."""
         captions: list[str] = []
         for start in range(0, len(images), self.config.batch_size):
@@ -160,9 +183,14 @@ class CaptionerTask:
 
         images = list(self.dev_refs)[: self.config.dev_sample]
         hypotheses = self.generate(model, images, device)
+        self.last_samples = [(self.dev_refs[i][0], h) for i, h in zip(images[:4], hypotheses, strict=False)]
         return bleu_scores(hypotheses, [self.dev_refs[image] for image in images])
 
     def save(self, model: Any, path: Path) -> None:
+        """`save_pretrained` with the processor; with LoRA, the merged weights and the adapter (adapter/)."""
+        if self.lora.enabled:
+            lora.save(model, path, self.processor.save_pretrained)
+            return
         model.save_pretrained(path)
         self.processor.save_pretrained(path)
 
@@ -197,8 +225,9 @@ def add_caption_data_arguments(
         "--data",
         required=required,
         default=default,
-        help="captions: a Flickr8k-layout folder, a COCO captions_*.json, a Karpathy dataset_*.json or an "
-        "imagefolder with metadata.jsonl/metadata.csv (docs/training.md, 'Data formats')"
+        help="captions: a Flickr8k-layout folder, a COCO captions_*.json, a Karpathy dataset_*.json, an "
+        "imagefolder with metadata.jsonl/metadata.csv, hub:NAME (a Hub dataset) or a datasets folder "
+        "(save_to_disk or parquet/arrow files) (docs/training.md, 'Data formats')"
         + ("; default: %(default)s" if default else ""),
     )
     parser.add_argument(
@@ -212,22 +241,31 @@ def add_caption_data_arguments(
         "its folder; Karpathy: the JSON's folder or its Images/ subfolder)",
     )
     parser.add_argument(
-        "--caption-column", default="text", help="imagefolder metadata caption column; default: %(default)s"
+        "--caption-column",
+        help="caption column; default: imagefolder: text; hf: the first of caption, captions, text present",
     )
 
 
-def _group_by_image(examples: list[CaptionExample]) -> dict[Path, list[str]]:
+def _blip(source: str | Path, revision: str | None) -> Any:
+    from transformers import BlipForConditionalGeneration
+
+    return BlipForConditionalGeneration.from_pretrained(str(source), revision=revision)
+
+
+def _group_by_image(examples: list[CaptionExample]) -> dict[ImageLike, list[str]]:
     refs: dict[Path, list[str]] = {}
     for example in examples:
         refs.setdefault(example.image, []).append(example.caption)
     return refs
 
 
-def train_captioner(model: str | Path, data: CaptionerData, config: TrainConfig) -> dict[str, Any]:
+def train_captioner(
+    model: str | Path, data: CaptionerData, config: TrainConfig, lora_options: LoraOptions = FULL_FINE_TUNING
+) -> dict[str, Any]:
     """Fine-tune and return the run's metrics (also written to OUTPUT/metrics.json)."""
     from captioning.training.loop import Trainer
 
-    task = CaptionerTask(model, data, config)
+    task = CaptionerTask(model, data, config, lora_options)
     return Trainer(config, task, model).train()
 
 
@@ -242,8 +280,9 @@ def _run(args: argparse.Namespace) -> int:
         format=args.data_format,
         images=Path(args.images) if args.images else None,
         caption_column=args.caption_column,
+        hub=hub_options_from_args(args),
     )
-    metrics = train_captioner(args.model, data, config)
+    metrics = train_captioner(args.model, data, config, lora_options_from_args(args))
     print(f"best checkpoint: {config.output / 'best'} ({metrics['best']})")
     print(f"metrics: {config.output / 'metrics.json'}; loss curve: {config.output / 'loss_curve.png'}")
     return 0
@@ -268,9 +307,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_revision_argument(parser, "captioner")
     add_caption_data_arguments(parser, required=True)
+    add_hub_arguments(parser, train_split=True, image_column=True)
     parser.add_argument("--limit-images", type=int, help="use at most N images of each split (smoke runs)")
     parser.add_argument(
         "--strict", action="store_true", help="stop at the first bad data line instead of skipping it"
     )
     add_train_arguments(parser, DEFAULTS)
+    add_lora_arguments(parser)
     parser.set_defaults(func=_run)

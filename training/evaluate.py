@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from captioning.caption_sources import open_caption_source
-from captioning.datasets import DataReport, read_arabic_captions
+from captioning.datasets import DataReport, ImageLike, load_image, read_arabic_captions
+from captioning.hub_sources import HubOptions
 from captioning.training import report as reports
 
 LOG = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ class EvalOptions:
     timeout_s: float = 300.0
     data_format: str | None = None  # caption_sources.CAPTION_FORMATS; None: detected from `data`
     images: Path | None = None  # COCO / Karpathy image folder
-    caption_column: str = "text"  # imagefolder metadata column
+    caption_column: str | None = None  # imagefolder: `text`; hf: the first of caption/captions/text present
+    hub: HubOptions = HubOptions()  # hub:NAME and dataset folders: image column, dev split, config, revision
 
 
 @dataclasses.dataclass
@@ -50,7 +52,7 @@ class EvalSet:
     """The images to caption and their references, in split-file order."""
 
     names: list[str]
-    paths: list[Path]
+    paths: list[ImageLike]  # files, or rows of a `datasets` split (read when captioned)
     english: dict[str, list[str]]
     arabic: dict[str, list[str]] | None
     issues: DataReport
@@ -59,10 +61,10 @@ class EvalSet:
 def load_eval_set(options: EvalOptions, *, arabic: bool) -> EvalSet:
     issues = DataReport()
     source = open_caption_source(
-        Path(options.data), options.data_format, options.images, options.caption_column
+        options.data, options.data_format, options.images, options.caption_column, options.hub
     )
     english: dict[str, list[str]] = {}
-    paths: dict[str, Path] = {}
+    paths: dict[str, ImageLike] = {}
     for example in source.examples(options.split, issues, limit=options.limit):
         english.setdefault(example.image.name, []).append(example.caption)
         paths[example.image.name] = example.image
@@ -136,11 +138,9 @@ def _progress(total: int, enabled: bool, what: str):
 
 
 def caption_images(
-    caption: Callable[[list], list[str]], paths: Sequence[Path], options: EvalOptions
+    caption: Callable[[list], list[str]], paths: Sequence[ImageLike], options: EvalOptions
 ) -> tuple[list[str | None], dict[str, str]]:
     """Captions in input order (None where an image could not be read); failures by image name."""
-    from PIL import Image
-
     captions: list[str | None] = [None] * len(paths)
     failures: dict[str, str] = {}
     with _progress(len(paths), options.progress, "captioning") as bar:
@@ -148,8 +148,7 @@ def caption_images(
             batch, where = [], []
             for i in range(start, min(start + options.batch_size, len(paths))):
                 try:
-                    with Image.open(paths[i]) as image:
-                        batch.append(image.convert("RGB"))
+                    batch.append(load_image(paths[i]))
                     where.append(i)
                 except OSError as exc:
                     failures[paths[i].name] = f"cannot read image: {exc}"
@@ -162,7 +161,7 @@ def caption_images(
 
 
 def caption_via_server(
-    url: str, protocol: str | None, paths: Sequence[Path], options: EvalOptions, lang: str
+    url: str, protocol: str | None, paths: Sequence[ImageLike], options: EvalOptions, lang: str
 ) -> tuple[list[tuple[str, str | None] | None], dict[str, str]]:
     """(English, Arabic) per image from the running pipeline, in input order; failed requests by name."""
     from captioning.client import CaptionClient
@@ -179,7 +178,8 @@ def caption_via_server(
     ):
         for start in range(0, len(paths), options.batch_size):
             chunk = list(paths[start : start + options.batch_size])
-            answers = client.caption_batch(chunk, lang=lang, options=generation, return_exceptions=True)
+            sent = [p if isinstance(p, Path) else p.read_bytes() for p in chunk]  # dataset rows as bytes
+            answers = client.caption_batch(sent, lang=lang, options=generation, return_exceptions=True)
             for offset, answer in enumerate(answers):
                 if isinstance(answer, Exception):
                     failures[chunk[offset].name] = str(answer)

@@ -1,7 +1,9 @@
 """`captioning evaluate`: BLEU-1..4, METEOR and CIDEr of a captioner on a caption dataset's split.
 
-`--data` takes the sources training takes (Flickr8k layout, COCO, Karpathy JSON, imagefolder); the test split
-is Flickr8k's test file, COCO's val file, Karpathy's `test` images or an imagefolder's `split=test` rows.
+`--data` takes the sources training takes (Flickr8k layout, COCO, Karpathy JSON, imagefolder, `hub:NAME` or a
+`datasets` folder); the test split is Flickr8k's test file, COCO's val file, Karpathy's `test` images, an
+imagefolder's `split=test` rows or a dataset's `test` split (`--split dev`: its `--dev-split`, else the first of
+validation/dev/val/valid). Evaluation may read any split; only training refuses the test split.
 
 Three ways in: a checkpoint directory (a BLIP `save_pretrained` dir, or a baseline dir with `baseline.json`
 from `captioning train-baseline`), the running Triton pipeline (`--url`: English captions against the Flickr8k
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 from captioning.datasets import DataError
+from captioning.hub_sources import add_hub_arguments, hub_options_from_args
 from captioning.training import report as reports
 from captioning.training.captioner import add_caption_data_arguments
 from captioning.training.evaluate import (
@@ -46,6 +49,7 @@ def _options(args: argparse.Namespace) -> EvalOptions:
         data_format=args.data_format,
         images=Path(args.images) if args.images else None,
         caption_column=args.caption_column,
+        hub=hub_options_from_args(args),
     )
 
 
@@ -104,6 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--protocol", choices=("grpc", "http"), help="with --url (default: from the port)")
     parser.add_argument("--lang", choices=("both", "en"), default="both", help="with --url: languages scored")
     add_caption_data_arguments(parser, required=False, default=str(DEFAULT_DATA))
+    add_hub_arguments(parser, train_split=False, image_column=True)
     parser.add_argument(
         "--split", choices=("dev", "test", "train"), default="dev", help="default: %(default)s"
     )

@@ -3,9 +3,10 @@ English-Arabic sentence pairs.
 
 Input (`--pairs`, format detected or `--pairs-format`): the tab-separated Tatoeba/Anki file
 `english<TAB>arabic[<TAB>attribution]`, JSONL or CSV with `en`/`ar` columns (`--source-column`,
-`--target-column`), or JSONL with a `translation` object per line (OPUS/WMT exports). A `split` column's dev
-rows are the dev set and its test rows are never read; otherwise a deterministic held-out share (`--held-out`,
-5 %) is kept for dev loss and chrF/BLEU.
+`--target-column`), JSONL with a `translation` object per line (OPUS/WMT exports), or `hub:NAME` / a `datasets`
+folder with either kind of column. A `split` column's dev rows (a dataset's dev split) are the dev set and test
+rows are never read (a dataset's test split never opened); otherwise a deterministic held-out share
+(`--held-out`, 5 %) is kept for dev loss and chrF/BLEU. `--lora-rank` trains LoRA adapters (training/lora.py).
 Defaults are the original study's: 5 epochs, batch 4, AdamW lr 2e-5, 64 tokens, source `en_XX`, target `ar_AR`.
 Targets are tokenised with `text_target` (so they start with the `ar_AR` code, as mBART-50 expects), the model
 shifts them right behind `</s>` itself, and pads are `-100` in the labels. Dev translations are generated as
@@ -21,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from captioning.datasets import DataReport, TranslationPair, split_pairs
+from captioning.hub_sources import HubOptions, add_hub_arguments, hub_options_from_args
 from captioning.pair_sources import PAIR_FORMATS, read_pair_source
+from captioning.training import lora
+from captioning.training.lora import (
+    FULL_FINE_TUNING,
+    LoraOptions,
+    add_lora_arguments,
+    lora_options_from_args,
+)
 from captioning.training.train_args import TrainConfig
 
 LOG = logging.getLogger(__name__)
@@ -40,6 +49,7 @@ class TranslatorData:
     format: str | None = None  # one of pair_sources.PAIR_FORMATS; None: detected from the path
     source_column: str = "en"  # JSONL/CSV column (or translation key) of the English text
     target_column: str = "ar"
+    hub: HubOptions = HubOptions()  # hub:NAME and dataset folders: splits, config, revision
 
 
 class TranslatorTask:
@@ -47,14 +57,23 @@ class TranslatorTask:
 
     name = "train-translator"
 
-    def __init__(self, model_source: str | Path, data: TranslatorData, config: TrainConfig):
+    def __init__(
+        self,
+        model_source: str | Path,
+        data: TranslatorData,
+        config: TrainConfig,
+        lora_options: LoraOptions = FULL_FINE_TUNING,
+    ):
         from transformers import AutoTokenizer
 
         from captioning.runtime.tokenization import spm_protobuf_compat
 
         self.config = config
+        self.lora = lora_options
+        self.last_samples: list[tuple[str, str]] = []  # (reference, translation) of the last dev_metrics
         self.report = DataReport(strict=data.strict)
-        found = read_pair_source(data.pairs, data.format, self.report, data.source_column, data.target_column)
+        columns = (data.source_column, data.target_column)
+        found = read_pair_source(data.pairs, data.format, self.report, *columns, hub=data.hub)
         pairs = found.train[: data.limit_pairs] if data.limit_pairs is not None else found.train
         if found.dev:  # a split column decided
             self.train, self.dev = pairs, found.dev[: data.limit_pairs] if data.limit_pairs else found.dev
@@ -73,9 +92,14 @@ class TranslatorTask:
             raise ValueError(f"the tokenizer of {model_source} has no language code {data.target_lang!r}")
 
     def load_model(self, source: str | Path) -> Any:
-        from transformers import MBartForConditionalGeneration
-
-        return MBartForConditionalGeneration.from_pretrained(str(source), revision=self.config.model_revision)
+        """The checkpoint; with LoRA, wrapped in a fresh adapter, or (resuming from last/) its saved one."""
+        revision = self.config.model_revision
+        if not self.lora.enabled:
+            return _mbart(source, revision)
+        adapter = lora.resume_adapter(Path(source)) if Path(source) == self.config.output / "last" else None
+        if adapter is not None:
+            return lora.load_trainable(adapter, _mbart, self.lora)
+        return lora.wrap(_mbart(source, revision), "mbart", self.lora, source, revision)
 
     def train_items(self) -> list[TranslationPair]:
         return self.train
@@ -114,9 +138,14 @@ class TranslatorTask:
 
         sample = self.dev[: self.config.dev_sample]
         hypotheses = self.translate(model, [pair.source for pair in sample], device)
+        self.last_samples = [(p.target, h) for p, h in zip(sample[:4], hypotheses, strict=False)]
         return translation_scores(hypotheses, [pair.target for pair in sample])
 
     def save(self, model: Any, path: Path) -> None:
+        """`save_pretrained` with the tokenizer; with LoRA, the merged weights and the adapter (adapter/)."""
+        if self.lora.enabled:
+            lora.save(model, path, self.tokenizer.save_pretrained)
+            return
         model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
 
@@ -129,11 +158,22 @@ class TranslatorTask:
         }
 
 
-def train_translator(model: str | Path, data: TranslatorData, config: TrainConfig) -> dict[str, Any]:
+def _mbart(source: str | Path, revision: str | None) -> Any:
+    from transformers import MBartForConditionalGeneration
+
+    return MBartForConditionalGeneration.from_pretrained(str(source), revision=revision)
+
+
+def train_translator(
+    model: str | Path,
+    data: TranslatorData,
+    config: TrainConfig,
+    lora_options: LoraOptions = FULL_FINE_TUNING,
+) -> dict[str, Any]:
     """Fine-tune and return the run's metrics (also written to OUTPUT/metrics.json)."""
     from captioning.training.loop import Trainer
 
-    task = TranslatorTask(model, data, config)
+    task = TranslatorTask(model, data, config, lora_options)
     return Trainer(config, task, model).train()
 
 
@@ -151,8 +191,9 @@ def _run(args: argparse.Namespace) -> int:
         format=args.pairs_format,
         source_column=args.source_column,
         target_column=args.target_column,
+        hub=hub_options_from_args(args),
     )
-    metrics = train_translator(args.model, data, config)
+    metrics = train_translator(args.model, data, config, lora_options_from_args(args))
     print(f"best checkpoint: {config.output / 'best'} ({metrics['best']})")
     print(f"metrics: {config.output / 'metrics.json'}; loss curve: {config.output / 'loss_curve.png'}")
     return 0
@@ -181,7 +222,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pairs",
         required=True,
         help="sentence pairs: Tatoeba TSV (english<TAB>arabic[<TAB>attribution]), JSONL or CSV with "
-        "--source-column/--target-column, or JSONL with a 'translation' object per line",
+        "--source-column/--target-column, JSONL with a 'translation' object per line, or hub:NAME / a "
+        "datasets folder with either kind of column",
     )
     parser.add_argument(
         "--pairs-format", choices=PAIR_FORMATS, help="force the pairs format (default: detected from --pairs)"
@@ -200,5 +242,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--strict", action="store_true", help="stop at the first bad data line instead of skipping it"
     )
+    add_hub_arguments(parser, train_split=True, image_column=False)
     add_train_arguments(parser, DEFAULTS)
+    add_lora_arguments(parser)
     parser.set_defaults(func=_run)

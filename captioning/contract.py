@@ -43,6 +43,12 @@ TEXT_INPUT = "text"  # TYPE_STRING [1]: UTF-8 English text
 # MAX_SOURCE_TOKENS). A translator request carries exactly one of `text` and this.
 CAPTION_INPUT = CAPTION_EN
 TRANSLATION_OUTPUT = "translation"
+# Admission at the door (captioning/runtime/door.py): the first step of an image ensemble admits the request
+# and emits its ticket, INT64 [2] per row: (ticket id, the wall-clock ms after which its client has gone; id -1
+# when the door is off). Inside the pipeline it reaches the stages as `ticket` (more stages follow) or
+# `last_ticket` (this stage answers the client and closes the ticket).
+TICKET = "ticket"
+LAST_TICKET = "last_ticket"
 
 
 # -- request parameters ----------------------------------------------------------------------------------
@@ -81,6 +87,9 @@ MAX_LENGTH = 64  # tokens per stage, prompt included: what the original deployme
 QUEUE_BATCHES = 2
 MAX_QUEUE_SIZE = QUEUE_BATCHES * MAX_BATCH_SIZE
 QUEUE_TIMEOUT_S = 30.0
+# The deadline the door gives a request that sends no `timeout` of its own (docs/reliability.md): at a measured
+# capacity of C images/s it admits about 0.75 * C * LATENCY_BUDGET_S images at once. 0 turns the door off.
+LATENCY_BUDGET_S = 20.0
 
 # -- defaults --------------------------------------------------------------------------------------------
 SOURCE_LANG = "en_XX"  # mBART-50 language codes
@@ -102,6 +111,11 @@ PARAM_INFLIGHT = "inflight"  # "1": on
 PARAM_INFLIGHT_ROWS = "inflight_rows"
 PARAM_MAX_QUEUE_SIZE = "max_queue_size"
 PARAM_QUEUE_TIMEOUT_S = "queue_timeout_s"
+# The door, on the models that admit requests (image_preprocess; the translator for text): the default deadline,
+# the rows admitted before the first answer is timed, and the most rows the inner stages' queues hold.
+PARAM_LATENCY_BUDGET_S = "latency_budget_s"
+PARAM_ADMISSION_WARMUP = "admission_warmup"
+PARAM_ADMISSION_CAP = "admission_cap"
 # How generators decode on CPU: their ONNX graphs in ONNX Runtime in their own process, other Triton models over
 # BLS, or the checkpoints' PyTorch modules in their own process (the torch runner: what GPU repositories use).
 TORCH_RUNNER = "torch"

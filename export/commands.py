@@ -28,6 +28,7 @@ def _export(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             max_queue_size=args.max_queue_size,
             queue_timeout_s=args.queue_timeout,
+            latency_budget_s=args.latency_budget,
             inflight=args.inflight,
             decoder_runner=args.decoder_runner,
             intra_op_threads=args.intra_op_threads,
@@ -120,10 +121,10 @@ def _register_build_engines(sub: argparse._SubParsersAction) -> None:
 def _register_export(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="build a servable Triton model repository from two checkpoints")
     export.add_argument(
-        "--captioner", required=True, help="BlipForConditionalGeneration: hub id or local dir"
+        "--captioner", required=True, help="BlipForConditionalGeneration: hub id, local or LoRA adapter dir"
     )
     export.add_argument(
-        "--translator", required=True, help="MBartForConditionalGeneration: hub id or local dir"
+        "--translator", required=True, help="MBartForConditionalGeneration: hub id, local or LoRA adapter dir"
     )
     _add_revision(export, "captioner")
     _add_revision(export, "translator")
@@ -194,6 +195,16 @@ def _add_batching(export: argparse.ArgumentParser) -> None:
         default=contract.QUEUE_TIMEOUT_S,
         metavar="S",
         help="seconds a request may wait in a model's queue before it is answered UNAVAILABLE (0: no limit)",
+    )
+    export.add_argument(
+        "--latency-budget",
+        type=float,
+        default=contract.LATENCY_BUDGET_S,
+        metavar="S",
+        help="admission at the door: a request is admitted only if the whole pipeline is forecast to answer it "
+        "within its own timeout or, when it sends none, within this many seconds; the rest are answered "
+        "UNAVAILABLE at once (size it from the measured throughput: docs/reliability.md; 0: no door); "
+        "default: %(default)s",
     )
     export.add_argument(
         "--inflight",

@@ -82,31 +82,28 @@ def _specs(
     height, width = image_size
     pixel_values = TensorSpec(c.PIXEL_VALUES, "FP32", (3, height, width))
     image_embeds = TensorSpec(c.IMAGE_EMBEDS, "FP32", (-1, -1))
+    ticket = TensorSpec(c.TICKET, "INT64", (2,))  # the door's ticket, captioning/backend/tickets.py
     generator_params = options.generator_parameters()
     scheduling = options.generator_scheduling()
 
-    preprocess = [
-        _step(c.PREPROCESS_MODEL, c.IMAGE_INPUT, c.PIXEL_VALUES),
-        _step(c.VISION_MODEL, c.PIXEL_VALUES, c.IMAGE_EMBEDS),
-        _step(c.CAPTION_MODEL, c.IMAGE_EMBEDS, c.CAPTION_EN),
-    ]
-    translate = EnsembleStep(
-        c.TRANSLATOR_MODEL, {c.CAPTION_INPUT: c.CAPTION_EN}, {c.TRANSLATION_OUTPUT: c.CAPTION_AR}
-    )
     return [
         ModelSpec(
             c.PREPROCESS_MODEL,
             (image,),
-            (pixel_values,),
+            (pixel_values, ticket),
             max_batch_size=mbs,
             batching=batching,
-            parameters={c.PARAM_MAX_PIXELS: str(options.max_pixels)},
+            parameters={c.PARAM_MAX_PIXELS: str(options.max_pixels), **options.door_parameters()},
         ),
         _graph_spec(c.VISION_MODEL, graph_meta[c.VISION_MODEL], options, batched=True),
         *(_graph_spec(name, graph_meta[name], options, batched=False) for name in options.graph_models()[1:]),
         ModelSpec(
             c.CAPTION_MODEL,
-            (image_embeds,),
+            (
+                image_embeds,
+                TensorSpec(c.TICKET, "INT64", (2,), optional=True),
+                TensorSpec(c.LAST_TICKET, "INT64", (2,), optional=True),
+            ),
             (caption_en,),
             parameters=generator_params,
             **scheduling,
@@ -117,6 +114,7 @@ def _specs(
             (
                 TensorSpec(c.TEXT_INPUT, "STRING", (1,), optional=True),
                 TensorSpec(c.CAPTION_INPUT, "STRING", (1,), optional=True),
+                TensorSpec(c.LAST_TICKET, "INT64", (2,), optional=True),
             ),
             (TensorSpec(c.TRANSLATION_OUTPUT, "STRING", (1,)),),
             **scheduling,
@@ -125,9 +123,10 @@ def _specs(
                 c.PARAM_SRC_LANG: options.src_lang,
                 c.PARAM_MAX_SOURCE_TOKENS: str(options.max_source_tokens),
                 c.PARAM_MAX_CAPTION_TOKENS: str(options.max_caption_tokens),
+                **options.door_parameters(),
             },
         ),
-        *_ensembles(image, caption_en, mbs, preprocess, translate),
+        *_ensembles(image, caption_en, mbs),
     ]
 
 
@@ -135,11 +134,31 @@ def _step(model: str, source: str, target: str) -> EnsembleStep:
     return EnsembleStep(model, {source: source}, {target: target})
 
 
-def _ensembles(
-    image: TensorSpec, caption_en: TensorSpec, mbs: int, preprocess: list, translate
-) -> list[ModelSpec]:
-    """The public models: English captions alone, and with their Arabic translation."""
+def _ensembles(image: TensorSpec, caption_en: TensorSpec, mbs: int) -> list[ModelSpec]:
+    """The public models: English captions alone, and with their Arabic translation. The door's ticket goes
+    from image_preprocess to the stages that may stop early: `last_ticket` to the one answering the client."""
     c = contract
+
+    def caption(ticket_input: str) -> EnsembleStep:
+        return EnsembleStep(
+            c.CAPTION_MODEL,
+            {c.IMAGE_EMBEDS: c.IMAGE_EMBEDS, ticket_input: c.TICKET},
+            {c.CAPTION_EN: c.CAPTION_EN},
+        )
+
+    preprocess = [
+        EnsembleStep(
+            c.PREPROCESS_MODEL,
+            {c.IMAGE_INPUT: c.IMAGE_INPUT},
+            {c.PIXEL_VALUES: c.PIXEL_VALUES, c.TICKET: c.TICKET},
+        ),
+        _step(c.VISION_MODEL, c.PIXEL_VALUES, c.IMAGE_EMBEDS),
+    ]
+    translate = EnsembleStep(
+        c.TRANSLATOR_MODEL,
+        {c.CAPTION_INPUT: c.CAPTION_EN, c.LAST_TICKET: c.TICKET},
+        {c.TRANSLATION_OUTPUT: c.CAPTION_AR},
+    )
     return [
         ModelSpec(
             c.ENGLISH_MODEL,
@@ -147,7 +166,7 @@ def _ensembles(
             (caption_en,),
             backend="ensemble",
             max_batch_size=mbs,
-            steps=tuple(preprocess),
+            steps=(*preprocess, caption(c.LAST_TICKET)),
         ),
         ModelSpec(
             c.ARABIC_MODEL,
@@ -155,7 +174,7 @@ def _ensembles(
             (caption_en, TensorSpec(c.CAPTION_AR, "STRING", (1,))),
             backend="ensemble",
             max_batch_size=mbs,
-            steps=(*preprocess, translate),
+            steps=(*preprocess, caption(c.TICKET), translate),
         ),
     ]
 

@@ -42,6 +42,9 @@ class RepositoryOptions:
     max_source_tokens: int = contract.MAX_SOURCE_TOKENS
     max_caption_tokens: int = 1024  # the translator's encoder positions (set from the checkpoint at export)
     src_lang: str = contract.SOURCE_LANG
+    # Admission at the door (captioning/runtime/door.py): the deadline of a request that sends no timeout of
+    # its own. 0 turns the door off: each stage then sheds by its own bounds alone.
+    latency_budget_s: float = contract.LATENCY_BUDGET_S
     gpu: GpuOptions | None = None  # None: the CPU repository; see export/gpu.py
 
     @property
@@ -58,6 +61,8 @@ class RepositoryOptions:
             self.gpu.validate()
         if not 1 <= self.max_batch_size <= 256:
             raise ValueError(f"max_batch_size must be in 1..256, got {self.max_batch_size}")
+        if self.latency_budget_s < 0:
+            raise ValueError(f"latency_budget_s must be >= 0 (0: no door), got {self.latency_budget_s:g}")
         if (self.max_queue_size or 0) < 0 or self.queue_timeout_s < 0:
             raise ValueError("max_queue_size and queue_timeout_s must be >= 0 (0: no bound)")
         if self.decoder_runner not in contract.DECODER_RUNNERS:
@@ -138,6 +143,17 @@ class RepositoryOptions:
             contract.PARAM_INFLIGHT_ROWS: str(self.max_batch_size),
             contract.PARAM_MAX_QUEUE_SIZE: str(self.queue_size()),
             contract.PARAM_QUEUE_TIMEOUT_S: str(self.queue_timeout_s),
+        }
+
+    def door_parameters(self) -> dict[str, str]:
+        """Model parameters of the models where requests enter. Before the first answer the door admits one
+        batch; it never holds more rows than a queue and a batch of an inner stage, so what it admitted is
+        never shed by an inner queue's bound."""
+        cap = self.queue_size() + self.max_batch_size if self.queue_size() else 0
+        return {
+            contract.PARAM_LATENCY_BUDGET_S: f"{self.latency_budget_s:g}",
+            contract.PARAM_ADMISSION_WARMUP: str(self.max_batch_size),
+            contract.PARAM_ADMISSION_CAP: str(cap or 1_000_000),
         }
 
     def runner_parameters(self) -> dict[str, str]:

@@ -13,7 +13,8 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
-from captioning.backend.triton_utils import cancelled, error_response, respond_per_row, timeout_s
+from captioning.backend.tickets import TicketDesk
+from captioning.backend.triton_utils import error_response, respond_per_row
 from captioning.runtime.inflight import InflightEngine
 
 # TRITONSERVER_RequestFlag: the sequence batcher marks the first request of an iterative sequence START, and
@@ -35,8 +36,12 @@ class IterativeExecutor:
         engine: InflightEngine,
         parse: Callable[[Any], tuple[list, Any]],
         build: Callable[[list], list],
+        desk: TicketDesk | None = None,
+        enters: Callable[[Any], int] = lambda request: 0,
     ) -> None:
         self.engine, self.parse, self.build = engine, parse, build
+        self.desk = desk or TicketDesk()  # the door's tickets (captioning/backend/tickets.py)
+        self.enters = enters  # rows of a request entering the pipeline here (0: it came through the door)
         self.ready: dict[Hashable, Any] = {}  # answered while its request sat out an execution
 
     def execute(self, requests) -> list:
@@ -52,8 +57,18 @@ class IterativeExecutor:
                 responses[i] = error_response(ValueError(CLIENT_SEQUENCE))
                 continue
             try:
+                rows = self.enters(request)
+                self.desk.check_in(key, request, rows, enters=rows > 0)
                 items, settings = self.parse(request)
-                self.engine.submit(key, items, settings, cancelled(request), timeout_s(request))
+                desk = self.desk
+                self.engine.submit(
+                    key,
+                    items,
+                    settings,
+                    desk.cancelled(key, request),
+                    desk.timeout_s(key, request),
+                    admitted=key in desk.held,
+                )
             except Exception as exc:  # bad input, or the queue is full: this request only
                 responses[i] = error_response(exc)
         try:
@@ -73,4 +88,6 @@ class IterativeExecutor:
                     (responses[i],) = respond_per_row([len(result)], result, self.build)
             else:
                 requests[i].set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+        for key, i in index.items():
+            self.desk.check_out(key, responses[i])
         return responses

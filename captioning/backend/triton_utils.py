@@ -109,6 +109,7 @@ def run_rows(
     parse: Callable[[object], tuple[list[object], object]],
     run: Callable[[list[object], list[object], list[Callable[[], bool]]], list[object]],
     build: Callable[[list[object]], list[pb_utils.Tensor]],
+    cancelled_of: Callable[[object], Callable[[], bool]] = cancelled,
 ) -> list[pb_utils.InferenceResponse]:
     """Batch the rows of every valid request into one `run` call; invalid requests fail alone, up front.
 
@@ -128,7 +129,7 @@ def run_rows(
         if not isinstance(item, BaseException):
             rows.extend(item[0])
             row_options.extend([item[1]] * len(item[0]))
-            row_cancelled.extend([cancelled(request)] * len(item[0]))
+            row_cancelled.extend([cancelled_of(request)] * len(item[0]))
     try:
         results = run(rows, row_options, row_cancelled) if rows else []
     except Exception as exc:  # a bug in the stage: fail these requests, keep the model alive

@@ -27,6 +27,8 @@ def outcome_of(exc: BaseException) -> str:
     if kind != SHED:
         return kind
     words = str(exc).lower()
+    if "in the pipeline" in words:
+        return f"{SHED}: door"  # refused on arrival for the whole pipeline (captioning/runtime/door.py)
     if "timeout expired" in words:
         return f"{SHED}: queue timeout"  # waited in a queue until its time was up
     if "forecast" in words:

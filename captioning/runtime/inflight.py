@@ -75,6 +75,7 @@ class _Request:
     timeout_s: float = 0.0  # its own timeout (0: none)
     offset: int = 0  # its first item's index in its cohort
     forecast_wait_s: float | None = None  # forecast on arrival, compared with its wait when it joins
+    admitted: bool = False  # by the door, for the whole pipeline: never shed by this stage's own bounds
 
 
 @dataclasses.dataclass
@@ -124,12 +125,19 @@ class InflightEngine:
         settings: GenerationSettings,
         cancelled: Callable[[], bool] = lambda: False,
         timeout_s: float = 0.0,
+        admitted: bool = False,
     ) -> None:
         """Queue a request to join at the next step; ServerBusy when the queue is full or it would wait or
         take too long (`timeout_s`: the request's own timeout, 0 for none), ValueError when it has more rows
-        than may ever decode at once."""
+        than may ever decode at once. A request the door `admitted` joins in turn, never shed here."""
         if len(items) > self.limits.max_rows:
             raise ValueError(f"a request may carry at most {self.limits.max_rows} rows, got {len(items)}")
+        if admitted:
+            self.pending.append(
+                _Request(key, list(items), settings, self.clock(), cancelled, 0.0, admitted=True)
+            )
+            self.known.add(key)
+            return
         if self.limits.max_queue and len(self.pending) >= self.limits.max_queue:
             raise ServerBusy(  # Triton's own words for a full queue, so clients treat both alike
                 f"Exceeds maximum queue size: {len(self.pending)} requests are already waiting to join "
@@ -196,8 +204,8 @@ class InflightEngine:
         if not timeout:
             return
         now = self.clock()
-        while self.pending and now - self.pending[0].arrived > timeout:
-            request = self.pending.popleft()
+        for request in [r for r in self.pending if not r.admitted and now - r.arrived > timeout]:
+            self.pending.remove(request)
             self._observe_wait(request, now)
             answered[request.key] = ServerBusy(
                 f"Request timeout expired: waited {now - request.arrived:.1f} s to join the decoding "
@@ -253,9 +261,12 @@ class InflightEngine:
                 )
         groups = [requests for requests in joining.values() if requests]
         while groups and self._slows_past_timeouts(len(self.cohorts) + len(groups)):
-            for request in groups.pop():  # the latest to arrive give way
+            group = groups.pop()
+            for request in [r for r in group if not r.admitted]:  # the latest to arrive give way
                 joining[request.settings].remove(request)
                 answered[request.key] = ServerBusy(_SLOWS_OTHERS)
+            if any(r.admitted for r in group):
+                break  # an admitted request joins whatever it costs the others
 
     def _slows_past_timeouts(self, cohorts: int) -> bool:
         """Whether stepping `cohorts` cohorts would make more running requests finish past their own timeouts

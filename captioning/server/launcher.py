@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from captioning.runtime.cpu_slots import remove_server_slots
+from captioning.runtime.ledger import remove_server_ledger
 from captioning.server.security import AdminKey, GrpcTls, local_address, redacted
 
 LOG = logging.getLogger(__name__)
@@ -298,6 +299,7 @@ class TritonServer:
             self.wait_drained(time.monotonic(), timeout_s or self.options.exit_timeout_s + 15.0)
         if self.process is not None:
             remove_server_slots(self.process.pid)
+            remove_server_ledger(self.process.pid)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None

@@ -7,7 +7,8 @@ moves tensors and errors between Triton and those modules.
 from captioning import contract
 from captioning.backend.iterative import IterativeExecutor
 from captioning.backend.runners import ModelContext
-from captioning.backend.triton_utils import input_array, run_rows, string_tensor
+from captioning.backend.tickets import TicketDesk, run_admitted
+from captioning.backend.triton_utils import input_array, string_tensor
 from captioning.runtime.options import stage_options
 from captioning.runtime.stages import CaptionStage, load_settings
 from captioning.runtime.tokenization import TextCodec
@@ -15,6 +16,7 @@ from captioning.runtime.tokenization import TextCodec
 
 class TritonPythonModel:
     iterative = None  # an IterativeExecutor when exported with --inflight
+    desk = TicketDesk()  # initialize() sets this model's own; this one opens no tickets
 
     def initialize(self, args):
         model = ModelContext.setup(args)
@@ -24,9 +26,10 @@ class TritonPythonModel:
             settings=settings,
             codec=TextCodec.load(model.directory / "tokenizer"),
         )
+        self.desk = TicketDesk()  # closes the tickets of english_caption, which it answers
         engine = model.inflight(self.stage.steps)  # None unless exported with --inflight
         self.iterative = engine and IterativeExecutor(
-            engine, lambda r: self.stage.prepared(*self._parse(r)), self._outputs
+            engine, lambda r: self.stage.prepared(*self._parse(r)), self._outputs, self.desk
         )
 
     def _outputs(self, rows):
@@ -44,4 +47,4 @@ class TritonPythonModel:
     def execute(self, requests):
         if self.iterative:
             return self.iterative.execute(requests)
-        return run_rows(requests, self._parse, self.stage.run, self._outputs)
+        return run_admitted(self.desk, requests, self._parse, self.stage.run, self._outputs)

@@ -7,7 +7,8 @@ moves tensors and errors between Triton and those modules.
 from captioning import contract
 from captioning.backend.iterative import IterativeExecutor
 from captioning.backend.runners import ModelContext
-from captioning.backend.triton_utils import has_input, run_rows, string_rows, string_tensor
+from captioning.backend.tickets import TicketDesk, door_limits, run_admitted
+from captioning.backend.triton_utils import has_input, string_rows, string_tensor
 from captioning.decoding import VocabMap
 from captioning.runtime.options import stage_options
 from captioning.runtime.stages import Source, TranslationStage, load_settings
@@ -16,6 +17,7 @@ from captioning.runtime.tokenization import TextCodec
 
 class TritonPythonModel:
     iterative = None  # an IterativeExecutor when exported with --inflight
+    desk = TicketDesk()  # initialize() sets this model's own; this one opens no tickets
 
     def initialize(self, args):
         model = ModelContext.setup(args)
@@ -37,9 +39,18 @@ class TritonPythonModel:
             ),
             vocab=VocabMap.load(vocab) if vocab.exists() else None,
         )
+        # The door for text (the image pipelines' requests come in with their tickets)
+        self.desk = TicketDesk(door_limits(params))
         engine = model.inflight(self.stage.steps)  # None unless exported with --inflight
         self.iterative = engine and IterativeExecutor(
-            engine, lambda r: self.stage.prepared(*self._parse(r)), self._outputs
+            engine, lambda r: self.stage.prepared(*self._parse(r)), self._outputs, self.desk, self._entering
+        )
+
+    @staticmethod
+    def _entering(request) -> int:
+        """Rows of user text, which enters the pipeline here; 0 for the caption of an image pipeline."""
+        return (
+            len(string_rows(request, contract.TEXT_INPUT)) if has_input(request, contract.TEXT_INPUT) else 0
         )
 
     def _outputs(self, rows):
@@ -68,4 +79,4 @@ class TritonPythonModel:
     def execute(self, requests):
         if self.iterative:
             return self.iterative.execute(requests)
-        return run_rows(requests, self._parse, self.stage.run, self._outputs)
+        return run_admitted(self.desk, requests, self._parse, self.stage.run, self._outputs, self._entering)

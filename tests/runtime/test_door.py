@@ -1,0 +1,203 @@
+"""The door's forecast against fake pipelines whose costs are known: it admits exactly what fits."""
+
+from __future__ import annotations
+
+import heapq
+import multiprocessing
+import re
+
+import pytest
+
+from captioning.runtime import door
+from captioning.runtime.ledger import Ledger
+
+LIMITS = door.DoorLimits(budget_s=10.0, warmup=4, cap=1000)
+
+
+def _measured(rate: float, latency: float) -> door.DoorState:
+    """A state that has timed 32 answers of a pipeline answering `rate` rows/s, each after `latency` s alone."""
+    state = door.DoorState()
+    state.gaps = [[1.0 / rate, 1]] * door.RECENT
+    state.latencies = [latency] * door.RECENT
+    return state
+
+
+def _fill(state: door.DoorState, count: int, now: float = 0.0) -> None:
+    for _ in range(count):
+        assert door.admit(state, door.DoorLimits(1e9, 10**6, 10**6), now).admitted
+
+
+@pytest.mark.parametrize(("rate", "budget"), [(2.0, 10.0), (0.5, 30.0), (8.0, 3.0)])
+def test_admits_exactly_the_requests_answered_within_the_headroom(rate, budget):
+    limits = door.DoorLimits(budget_s=budget, warmup=4, cap=1000)
+    fits = int(door.HEADROOM * budget * rate) - 1  # open rows with which (open + 1) / rate still fits
+    state = _measured(rate, latency=1.0 / rate)
+    _fill(state, fits)
+    assert door.admit(state, limits, 0.0).admitted  # the last that fits
+    verdict = door.admit(state, limits, 0.0)
+    assert not verdict.admitted and verdict.forecast_s > door.HEADROOM * budget
+    assert verdict.message.startswith(door.REFUSED) and "latency budget" in verdict.message
+
+
+def test_latency_fitted_to_the_load_admits_exactly_what_fits():
+    """A batching pipeline whose latency is 1 s plus 0.2 s per row open: the door learns the line from the
+    answers at several loads and, with a 10 s budget (7.5 s admitted), admits up to 32 open rows."""
+    state = door.DoorState()
+    state.gaps = [[10.0, 1]] * door.RECENT  # a throughput far too low: the fit must win over it
+    state.loads = [[n, 1.0 + 0.2 * n] for n in range(1, 17)]
+    assert state.load_line() == pytest.approx((1.0, 0.2))
+    _fill(state, 31)
+    assert door.admit(state, LIMITS, 0.0).admitted  # 1 + 0.2 * 32 = 7.4 s
+    verdict = door.admit(state, LIMITS, 0.0)
+    assert not verdict.admitted and verdict.forecast_s == pytest.approx(7.6)
+
+
+def test_answers_record_the_load_they_were_admitted_at():
+    state = door.DoorState()
+    tickets = [door.admit(state, LIMITS, 0.0).ticket for _ in range(3)]
+    for t, ticket in enumerate(tickets):
+        door.close(state, ticket, 1.0 + t)
+    assert state.loads == [[1, 1.0], [2, 2.0], [3, 3.0]]
+
+
+def test_the_request_timeout_is_its_deadline():
+    state = _measured(rate=2.0, latency=0.5)
+    _fill(state, 5)  # the sixth is forecast at 3 s
+    assert not door.admit(state, LIMITS, 0.0, timeout_s=3.9).admitted  # 3 > 0.75 * 3.9
+    verdict = door.admit(state, LIMITS, 0.0, timeout_s=4.1)
+    assert verdict.admitted and verdict.stop_at == pytest.approx(4.1)
+
+
+def test_rows_are_the_unit_of_work():
+    state = _measured(rate=2.0, latency=0.5)
+    _fill(state, 10)  # (10 + rows) / 2 <= 7.5 admits at most 5 rows
+    assert not door.admit(state, LIMITS, 0.0, rows=6).admitted
+    assert door.admit(state, LIMITS, 0.0, rows=5).admitted
+
+
+def test_before_the_first_answer_one_batch_is_admitted_and_the_rest_refused_at_once():
+    state = door.DoorState()
+    for _ in range(LIMITS.warmup):
+        assert door.admit(state, LIMITS, 0.0).admitted
+    verdict = door.admit(state, LIMITS, 0.0)
+    assert not verdict.admitted and "none has been answered yet" in verdict.message
+
+
+def test_an_empty_pipeline_always_admits_so_stale_figures_never_close_the_door():
+    state = _measured(rate=0.001, latency=500.0)  # far slower than any deadline
+    state.ratios = [10.0] * door.RECENT_RATIOS
+    assert door.admit(state, LIMITS, 0.0).admitted
+    assert not door.admit(state, LIMITS, 0.0).admitted
+
+
+def test_the_cap_holds_whatever_the_forecast():
+    limits = door.DoorLimits(budget_s=1e6, warmup=100, cap=3)
+    state = _measured(rate=100.0, latency=0.01)
+    assert [door.admit(state, limits, 0.0).admitted for _ in range(4)] == [True, True, True, False]
+
+
+def test_a_lost_ticket_expires_at_its_stop_time():
+    state = door.DoorState()
+    verdict = door.admit(state, LIMITS, 0.0)  # no timeout: stopped after twice the budget
+    assert verdict.stop_at == pytest.approx(door.NO_DEADLINE_FACTOR * LIMITS.budget_s)
+    door.expire(state, verdict.stop_at + 0.1)
+    assert not state.open and state.expired == 1 and state.busy_since is None
+
+
+def test_failures_close_their_ticket_without_being_measured():
+    state = door.DoorState()
+    verdict = door.admit(state, LIMITS, 0.0)
+    door.close(state, verdict.ticket, 5.0, answered=False)
+    assert not state.open and state.throughput() is None and not state.latencies
+
+
+def test_answers_late_against_their_forecast_make_the_door_more_careful():
+    state = _measured(rate=2.0, latency=0.5)
+    before = state.forecast_s(5)
+    state.ratios = [1.5] * door.RECENT_RATIOS
+    assert state.forecast_s(5) == pytest.approx(1.5 * before)
+    state.ratios = [9.0] * door.RECENT_RATIOS
+    assert state.forecast_s(5) == pytest.approx(door.MAX_BIAS * before)
+
+
+def test_the_refusal_is_what_the_sdk_calls_server_busy():
+    from captioning.client.errors import ServerBusyError, from_triton_exception
+
+    class Refusal(Exception):
+        def status(self):
+            return "StatusCode.UNAVAILABLE"
+
+        def message(self):
+            return door.admit(state, LIMITS, 0.0).message
+
+    state = door.DoorState()
+    _fill(state, LIMITS.warmup)
+    assert isinstance(from_triton_exception(Refusal()), ServerBusyError)
+
+
+def _simulate_burst(clients: int, per_client: int, service_s: float, batch: int, deadline_s: float):
+    """A pipeline that answers a batch of up to `batch` rows every `service_s` seconds, FIFO, and closed-loop
+    clients that send their next request as soon as the last is answered or refused (never retrying)."""
+    limits = door.DoorLimits(budget_s=deadline_s, warmup=batch, cap=1000)
+    state, queue, sent = door.DoorState(), [], dict.fromkeys(range(clients), 0)
+    events = [(0.0, c) for c in range(clients)]  # (time a client sends, client)
+    heapq.heapify(events)
+    answers, refused_late, free_at, outcomes = [], 0, 0.0, []
+    while events or queue:
+        if events and (not queue or events[0][0] <= free_at):
+            now, client = heapq.heappop(events)
+            if sent[client] == per_client:
+                continue
+            sent[client] += 1
+            verdict = door.admit(state, limits, now)
+            if verdict.admitted:
+                queue.append((now, client, verdict.ticket))
+            else:
+                outcomes.append("refused")
+                heapq.heappush(events, (now, client))
+            continue
+        start = max(free_at, queue[0][0])
+        done, queue = queue[:batch], queue[batch:]
+        free_at = start + service_s
+        for arrived, client, ticket in done:
+            door.close(state, ticket, free_at)
+            late = free_at - arrived > deadline_s
+            refused_late += late
+            answers.append(free_at)
+            outcomes.append("late" if late else "ok")
+            heapq.heappush(events, (free_at, client))
+    return outcomes, answers
+
+
+def test_a_burst_far_over_capacity_keeps_goodput_near_capacity_and_no_answer_late():
+    capacity = 8 / 4.0  # rows per second: a batch of 8 every 4 s
+    outcomes, answers = _simulate_burst(clients=96, per_client=3, service_s=4.0, batch=8, deadline_s=30.0)
+    assert len(outcomes) == 96 * 3 and "late" not in outcomes
+    goodput = outcomes.count("ok") / answers[-1]
+    assert goodput >= 0.6 * capacity, (goodput, capacity)
+
+
+def _admit_in_child(path, queue):
+    ledger = Ledger(path)
+    with ledger.state() as state:
+        queue.put(door.admit(state, LIMITS, 0.0).ticket)
+
+
+def test_the_ledger_is_shared_by_the_processes_of_one_server(tmp_path):
+    path = tmp_path / "ledger.json"
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_admit_in_child, args=(path, queue))
+    child.start()
+    ticket = queue.get(timeout=60)
+    child.join(timeout=60)
+    ledger = Ledger(path)
+    with ledger.state() as state:
+        assert list(state.open) == [str(ticket)]
+        door.close(state, ticket, 1.0)
+    with ledger.state() as state:
+        assert not state.open and state.answered == 1 and state.latencies == [1.0]
+    path.write_bytes(b'{"open": {"1": [0, ')  # a torn write: measured afresh, not a crash
+    with ledger.state() as state:
+        assert state.open == {}
+    assert re.fullmatch(r"\{.*\}", path.read_text())

@@ -55,6 +55,11 @@ _SHED = re.compile(
 )
 
 
+# A request that reached a model instance whose stub process had just died: Triton answers INTERNAL, but the
+# server's watchdog reloads that model at once (docs/reliability.md), so a retry is served.
+_RESTARTING = re.compile(r"stub process '[^']*' is not healthy", re.IGNORECASE)
+
+
 def from_triton_exception(exc: Exception, *, url: str = "") -> CaptionError:
     """Map a tritonclient `InferenceServerException` (gRPC or HTTP flavour) onto the hierarchy."""
     status = exc.status() if callable(getattr(exc, "status", None)) else None
@@ -66,6 +71,10 @@ def from_triton_exception(exc: Exception, *, url: str = "") -> CaptionError:
     # Checked before UNAVAILABLE: Triton answers UNAVAILABLE for a model that is not ready yet.
     if status in _NOT_FOUND or _MODEL_MISSING.search(message):
         return ModelNotReadyError(message, status=status)
+    if _RESTARTING.search(message):
+        return ServerBusyError(
+            f"{url or 'the server'} is restarting a stage that crashed; retry: {message}", status=status
+        )
     if _SHED.search(message):
         return ServerBusyError(
             f"{url or 'the server'} is overloaded and shed the request: {message}", status=status

@@ -227,6 +227,11 @@ def test_translate_input_checks() -> None:
         ),
         ("Exceeds the running requests' timeouts: joining now", "StatusCode.UNAVAILABLE", ServerBusyError),
         ("Exceeds maximum queue size", "503", ServerBusyError),
+        (  # a request that reached a crashed stub: the watchdog reloads the model, so it is retryable
+            "in ensemble 'arabic_caption', Stub process 'caption_generator_0_0' is not healthy.",
+            "StatusCode.INTERNAL",
+            ServerBusyError,
+        ),
         ("segfault in backend", "StatusCode.INTERNAL", CaptionError),
         ("oops", "500", CaptionError),
     ],

@@ -50,7 +50,12 @@ def read_ticket(request) -> Ticket | None:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is None:
             continue
-        values = np.asarray(tensor.as_numpy()).reshape(-1)
+        if tensor.is_cpu():
+            values = np.asarray(tensor.as_numpy()).reshape(-1)
+        else:  # GPU repositories may hand inputs over in device memory
+            from torch.utils.dlpack import from_dlpack
+
+            values = from_dlpack(tensor.to_dlpack()).cpu().numpy().reshape(-1)
         if values.size < 2 or int(values[0]) == NO_TICKET:
             return None
         return Ticket(int(values[0]), int(values[1]) / 1000.0, last)

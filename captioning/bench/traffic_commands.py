@@ -97,6 +97,7 @@ def _overload(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         capacity=args.capacity,
         capacity_s=args.capacity_duration,
+        capacity_concurrency=args.capacity_concurrency,
         client_timeout_s=args.client_timeout,
         plain_clients=args.plain_clients,
         burst=args.burst,
@@ -135,6 +136,9 @@ def register_overload(subparsers: argparse._SubParsersAction) -> None:
         "--capacity", type=float, help="requests/s (default: measured in a closed loop first)"
     )
     overload.add_argument("--capacity-duration", type=_duration, default=30.0)
+    overload.add_argument(
+        "--capacity-concurrency", type=int, default=8, help="closed-loop clients measuring the capacity"
+    )
     overload.add_argument("--client-timeout", type=float, default=30.0, help="each client's timeout (s)")
     overload.add_argument(
         "--plain-clients",

@@ -4,21 +4,21 @@ of when the whole pipeline would answer it (docs/reliability.md, "Admission at t
 Each stage bounding its own queue is not enough: under a burst the first stages admit work that a later stage
 then sheds, or finishes after its client has gone, and useful answers drop to zero. The door instead measures
 the pipeline end to end. Every admitted request holds a *ticket* until the stage that answers it (or fails
-it) closes the ticket; the open tickets are exactly the work ahead of a new request in every stage. Answers
-closed while other tickets were open give the pipeline's throughput under the current load (answers per
-second of busy time, so all stages' costs, their batching and their contention for the same cores are in it);
-the fastest recent answer gives its latency when nearly empty. Each answer also records the load it was
-admitted at (the rows open, its own included) and how long it took: once the recent answers span several
-loads, a new request is forecast to take what the line through them gives at its load, plus the spread of the
-slowest tenth above the line; until then
-max(latency, (open + 1) / throughput), scaled by how much recent answers outlasted their own forecasts.
-It is admitted only if the forecast is within HEADROOM of its deadline: its own `timeout` or the server's
-latency budget.
+it) closes the ticket; the open tickets are exactly the work ahead of a new request in every stage. Each
+answer records the load it was admitted at (the rows open, its own included) and how long it took, so all
+stages' costs, their batching and their contention for the same cores are in it. A new request is forecast
+to take what the line through the recent answers gives at its load, plus how far above the line the slowest
+tenth of them lay, and is admitted only if that is within HEADROOM of its deadline: its own `timeout` or the
+server's latency budget.
 
-An empty pipeline always admits: that request measures it afresh, so stale figures never close the door for
-good. Before the first answers no throughput is known: the door admits one batch's worth (`warmup`) and refuses the
-rest at once, so a burst at start-up costs refusals, not timeouts. A ticket also ends at its stop time (its
-deadline, or twice the budget for a request without one), so work a crashed stage lost is not counted forever.
+While the recent answers are too few or all at one load, no line can be drawn, and the door admits up to one
+batch's worth of rows (`warmup`), and beyond it only a request whose deadline would hold even if every row open
+cost what the slowest answer's did, one after another (a client with a long timeout is not refused for want of
+figures): at start-up a burst then costs refusals, not timeouts, and a door that
+served one request at a time goes on to learn what a fuller pipeline costs (a throughput measured at a low
+load would hold it at that load for good: batching makes throughput grow with load). An empty pipeline always
+admits, so stale figures never close the door. A ticket also ends at its stop time (its deadline, or twice
+the budget for a request without one), so work a crashed stage lost is not counted forever.
 
 Plain data in and out (`DoorState` is JSON), so the stage processes can share it through `runtime.ledger`.
 """
@@ -30,11 +30,9 @@ import math
 from typing import Any
 
 HEADROOM = 0.75  # a forecast made while the pipeline fills misses the slowdown the filling brings
-RECENT = 32  # answers the throughput and the latency are measured over
-RECENT_RATIOS = 16  # answers whose lateness against their forecast corrects the next forecasts
+RECENT = 32  # answers the latency is fitted over
 MIN_FIT = 8  # answers before latency is fitted to the load
 TAIL = 0.9  # the share of recent answers the forecast covers
-MAX_BIAS = 2.0  # one stalled answer does not close the door for everything after it
 NO_DEADLINE_FACTOR = 2.0  # a request without a timeout is worked on for at most this many budgets
 
 REFUSED = "Exceeds the request's timeout"  # the words the SDK's ServerBusyError already recognises
@@ -57,11 +55,7 @@ class DoorState:
     # id -> [admitted, stop, forecast, rows, rows open with it]: rows are the images (or texts) a request
     # carries, the unit of work
     open: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-    gaps: list[list[float]] = dataclasses.field(default_factory=list)  # [busy s before an answer, its rows]
-    latencies: list[float] = dataclasses.field(default_factory=list)  # admission to answer, recent answers
     loads: list[list[float]] = dataclasses.field(default_factory=list)  # [rows open with it, its latency]
-    ratios: list[float] = dataclasses.field(default_factory=list)  # answer latency over its forecast
-    busy_since: float | None = None  # when tickets were last open with no answer since
     admitted: int = 0
     refused: int = 0
     answered: int = 0
@@ -76,23 +70,8 @@ class DoorState:
         return dataclasses.asdict(self)
 
     # -- measurements ------------------------------------------------------------------------------------
-    def throughput(self) -> float | None:
-        """Rows answered per second of busy time over the recent answers; None before any."""
-        busy = sum(seconds for seconds, _ in self.gaps)
-        return sum(rows for _, rows in self.gaps) / busy if self.gaps and busy > 0 else None
-
     def rows_open(self) -> int:
         return int(sum(entry[3] for entry in self.open.values()))
-
-    def latency_s(self) -> float:
-        return min(self.latencies) if self.latencies else 0.0
-
-    def bias(self) -> float:
-        if not self.ratios:
-            return 1.0
-        ordered = sorted(self.ratios)
-        upper = ordered[min(len(ordered) - 1, math.ceil(0.75 * len(ordered)) - 1)]
-        return min(MAX_BIAS, max(1.0, upper))
 
     def load_line(self) -> tuple[float, float] | None:
         """(s, s per row): latency against the rows open with a request (itself included), least squares
@@ -115,24 +94,24 @@ class DoorState:
         return max(0.0, over[min(len(over) - 1, math.ceil(TAIL * len(over)) - 1)])
 
     def forecast_s(self, ahead: int, rows: int = 1) -> float | None:
-        """Seconds until `rows` admitted behind `ahead` open rows are answered; None before any answer.
-
-        Where the recent answers span several loads, the latency they took as a line in the load: batching
-        makes a pipeline's throughput grow with its load, so a throughput measured at a low load would hold
-        the door at that load for good. Until then, Little's law on the measured throughput."""
+        """Seconds until `rows` admitted behind `ahead` open rows are answered; None while no line is known."""
         line = self.load_line()
-        if line is not None:
-            return line[0] + line[1] * (ahead + rows) + self.spread_s(line)
-        rate = self.throughput()
-        if rate is None:
+        if line is None:
             return None
-        return max(self.latency_s(), (ahead + rows) / rate) * self.bias()
+        return line[0] + line[1] * (ahead + rows) + self.spread_s(line)
+
+    def bound_s(self, ahead: int, rows: int = 1) -> float | None:
+        """While no line is known: the slowest answer's seconds per row open with it, for every row, as if
+        nothing ran at once (the most it can cost); None before any answer."""
+        if not self.loads:
+            return None
+        return max(t / max(n, 1) for n, t in self.loads) * (ahead + rows)
 
 
 @dataclasses.dataclass(frozen=True)
 class DoorLimits:
     budget_s: float  # the deadline of a request that sends none
-    warmup: int  # rows admitted before the first answer
+    warmup: int  # rows admitted while no line is known
     cap: int  # open rows at most: what the inner stages' queues can hold without shedding
 
 
@@ -140,8 +119,6 @@ def expire(state: DoorState, now: float) -> None:
     for key in [k for k, entry in state.open.items() if entry[1] < now]:
         del state.open[key]
         state.expired += 1
-    if not state.open:
-        state.busy_since = None
 
 
 def admit(state: DoorState, limits: DoorLimits, now: float, timeout_s: float = 0.0, rows: int = 1) -> Verdict:
@@ -157,8 +134,16 @@ def admit(state: DoorState, limits: DoorLimits, now: float, timeout_s: float = 0
     reason = ""
     if ahead and ahead + rows > limits.cap:
         reason = f"{ahead} rows are already in the pipeline and its queues hold {limits.cap}"
-    elif forecast is None and ahead and ahead + rows > limits.warmup:
-        reason = f"{ahead} rows are in the pipeline and none has been answered yet to time it"
+    elif (
+        forecast is None
+        and ahead
+        and ahead + rows > limits.warmup
+        and not _fits(state, ahead, rows, deadline)
+    ):
+        reason = (
+            f"{ahead} rows are in the pipeline and too few answers at different loads have been timed "
+            f"to admit more than {limits.warmup}"
+        )
     elif ahead and forecast is not None and forecast > HEADROOM * deadline:
         reason = (
             f"it would be answered in about {forecast:.1f} s behind the {ahead} rows in the pipeline, "
@@ -171,10 +156,13 @@ def admit(state: DoorState, limits: DoorLimits, now: float, timeout_s: float = 0
     state.next_ticket += 1
     stop = now + (timeout_s or NO_DEADLINE_FACTOR * limits.budget_s)
     state.open[str(ticket)] = [now, stop, forecast or 0.0, rows, ahead + rows]
-    if state.busy_since is None:
-        state.busy_since = now
     state.admitted += 1
     return Verdict(True, ticket, stop, forecast)
+
+
+def _fits(state: DoorState, ahead: int, rows: int, deadline: float) -> bool:
+    bound = state.bound_s(ahead, rows)
+    return bound is not None and bound <= HEADROOM * deadline
 
 
 def close(state: DoorState, ticket: int, now: float, answered: bool = True) -> None:
@@ -183,16 +171,10 @@ def close(state: DoorState, ticket: int, now: float, answered: bool = True) -> N
     entry = state.open.pop(str(ticket), None)
     if entry is None:  # expired, or closed twice: nothing to measure
         return
-    admitted_at, _, forecast, rows, load = entry
+    admitted_at, _, _, _, load = entry
     if answered:
         state.answered += 1
-        if state.busy_since is not None:
-            _push(state.gaps, [max(0.0, now - state.busy_since), rows], RECENT)
-        _push(state.latencies, now - admitted_at, RECENT)
         _push(state.loads, [load, now - admitted_at], RECENT)
-        if forecast > 0:
-            _push(state.ratios, (now - admitted_at) / forecast, RECENT_RATIOS)
-    state.busy_since = now if state.open else None
 
 
 def _push(values: list, value: Any, keep: int) -> None:

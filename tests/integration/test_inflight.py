@@ -179,7 +179,8 @@ def test_a_short_request_overtakes_a_long_one_and_a_bad_one_fails_alone(
 
 def test_past_the_admission_bound_requests_are_shed_and_the_rest_are_exact(inflight_server, reference):
     """96 clients against 16 decoding rows and 32 waiting places: the surplus is UNAVAILABLE (ServerBusyError)
-    instead of queueing without bound, and every answered request is still generate()'s."""
+    instead of queueing without bound, and every answered request is still generate()'s. The engine's own
+    bound on its queue is tested in tests/runtime/test_inflight_engine.py."""
     from captioning.client import ServerBusyError
 
     text = "Two dogs play in the snow ."
@@ -190,9 +191,9 @@ def test_past_the_admission_bound_requests_are_shed_and_the_rest_are_exact(infli
     served = [r for r in results if isinstance(r, str)]
     assert len(busy) + len(served) == 96, [r for r in results if not isinstance(r, (str, ServerBusyError))]
     assert busy and served, f"{len(busy)} shed, {len(served)} served"
-    shed_by = ("Exceeds maximum queue size", "Exceeds the queue timeout", "Request timeout expired")
+    # the door (text enters at the translator), or the engine's own bounds behind it
+    shed_by = ("in the pipeline", "Exceeds maximum queue size", "Exceeds the queue timeout", "Request timeout")
     assert all(any(words in str(b) for words in shed_by) for b in busy), busy[:3]
-    assert any("waiting to join the decoding batch" in str(b) for b in busy)
     assert len(busy) >= 96 - 64, "more requests waited than the model may see and hold"
     assert set(served) == {_fixed_translation(reference, text, beams=8)}
 

@@ -14,11 +14,11 @@ from captioning.runtime.ledger import Ledger
 LIMITS = door.DoorLimits(budget_s=10.0, warmup=4, cap=1000)
 
 
-def _measured(rate: float, latency: float) -> door.DoorState:
-    """A state that has timed 32 answers of a pipeline answering `rate` rows/s, each after `latency` s alone."""
+def _measured(rate: float) -> door.DoorState:
+    """A state that has timed the answers of a saturated pipeline answering `rate` rows/s: a request admitted
+    with n rows open (its own included) took n / rate seconds."""
     state = door.DoorState()
-    state.gaps = [[1.0 / rate, 1]] * door.RECENT
-    state.latencies = [latency] * door.RECENT
+    state.loads = [[n, n / rate] for n in range(1, 17)]
     return state
 
 
@@ -31,7 +31,7 @@ def _fill(state: door.DoorState, count: int, now: float = 0.0) -> None:
 def test_admits_exactly_the_requests_answered_within_the_headroom(rate, budget):
     limits = door.DoorLimits(budget_s=budget, warmup=4, cap=1000)
     fits = int(door.HEADROOM * budget * rate) - 1  # open rows with which (open + 1) / rate still fits
-    state = _measured(rate, latency=1.0 / rate)
+    state = _measured(rate)
     _fill(state, fits)
     assert door.admit(state, limits, 0.0).admitted  # the last that fits
     verdict = door.admit(state, limits, 0.0)
@@ -43,7 +43,6 @@ def test_latency_fitted_to_the_load_admits_exactly_what_fits():
     """A batching pipeline whose latency is 1 s plus 0.2 s per row open: the door learns the line from the
     answers at several loads and, with a 10 s budget (7.5 s admitted), admits up to 32 open rows."""
     state = door.DoorState()
-    state.gaps = [[10.0, 1]] * door.RECENT  # a throughput far too low: the fit must win over it
     state.loads = [[n, 1.0 + 0.2 * n] for n in range(1, 17)]
     assert state.load_line() == pytest.approx((1.0, 0.2))
     _fill(state, 31)
@@ -61,7 +60,7 @@ def test_answers_record_the_load_they_were_admitted_at():
 
 
 def test_the_request_timeout_is_its_deadline():
-    state = _measured(rate=2.0, latency=0.5)
+    state = _measured(rate=2.0)
     _fill(state, 5)  # the sixth is forecast at 3 s
     assert not door.admit(state, LIMITS, 0.0, timeout_s=3.9).admitted  # 3 > 0.75 * 3.9
     verdict = door.admit(state, LIMITS, 0.0, timeout_s=4.1)
@@ -69,7 +68,7 @@ def test_the_request_timeout_is_its_deadline():
 
 
 def test_rows_are_the_unit_of_work():
-    state = _measured(rate=2.0, latency=0.5)
+    state = _measured(rate=2.0)
     _fill(state, 10)  # (10 + rows) / 2 <= 7.5 admits at most 5 rows
     assert not door.admit(state, LIMITS, 0.0, rows=6).admitted
     assert door.admit(state, LIMITS, 0.0, rows=5).admitted
@@ -80,19 +79,28 @@ def test_before_the_first_answer_one_batch_is_admitted_and_the_rest_refused_at_o
     for _ in range(LIMITS.warmup):
         assert door.admit(state, LIMITS, 0.0).admitted
     verdict = door.admit(state, LIMITS, 0.0)
-    assert not verdict.admitted and "none has been answered yet" in verdict.message
+    assert not verdict.admitted and "too few answers" in verdict.message
+
+
+def test_answers_all_at_one_load_teach_nothing_so_the_door_explores_up_to_a_batch():
+    state = door.DoorState()
+    state.loads = [[1, 50.0]] * door.RECENT  # served one at a time, each slowly: no line through one load
+    assert state.forecast_s(0) is None
+    assert [door.admit(state, LIMITS, 0.0).admitted for _ in range(5)] == [True] * 4 + [False]
+    # beyond the batch, a deadline that holds even if the 5 rows ran one after another at 50 s each
+    assert not door.admit(state, LIMITS, 0.0, timeout_s=300.0).admitted  # 250 s > 225 s
+    assert door.admit(state, LIMITS, 0.0, timeout_s=400.0).admitted
 
 
 def test_an_empty_pipeline_always_admits_so_stale_figures_never_close_the_door():
-    state = _measured(rate=0.001, latency=500.0)  # far slower than any deadline
-    state.ratios = [10.0] * door.RECENT_RATIOS
+    state = _measured(rate=0.001)  # far slower than any deadline
     assert door.admit(state, LIMITS, 0.0).admitted
     assert not door.admit(state, LIMITS, 0.0).admitted
 
 
 def test_the_cap_holds_whatever_the_forecast():
     limits = door.DoorLimits(budget_s=1e6, warmup=100, cap=3)
-    state = _measured(rate=100.0, latency=0.01)
+    state = _measured(rate=100.0)
     assert [door.admit(state, limits, 0.0).admitted for _ in range(4)] == [True, True, True, False]
 
 
@@ -101,23 +109,22 @@ def test_a_lost_ticket_expires_at_its_stop_time():
     verdict = door.admit(state, LIMITS, 0.0)  # no timeout: stopped after twice the budget
     assert verdict.stop_at == pytest.approx(door.NO_DEADLINE_FACTOR * LIMITS.budget_s)
     door.expire(state, verdict.stop_at + 0.1)
-    assert not state.open and state.expired == 1 and state.busy_since is None
+    assert not state.open and state.expired == 1
 
 
 def test_failures_close_their_ticket_without_being_measured():
     state = door.DoorState()
     verdict = door.admit(state, LIMITS, 0.0)
     door.close(state, verdict.ticket, 5.0, answered=False)
-    assert not state.open and state.throughput() is None and not state.latencies
+    assert not state.open and not state.loads
 
 
-def test_answers_late_against_their_forecast_make_the_door_more_careful():
-    state = _measured(rate=2.0, latency=0.5)
+def test_the_forecast_covers_the_slow_tenth_above_the_line():
+    state = _measured(rate=2.0)
     before = state.forecast_s(5)
-    state.ratios = [1.5] * door.RECENT_RATIOS
-    assert state.forecast_s(5) == pytest.approx(1.5 * before)
-    state.ratios = [9.0] * door.RECENT_RATIOS
-    assert state.forecast_s(5) == pytest.approx(door.MAX_BIAS * before)
+    state.loads += [[8, 4.0 + 3.0]] * 4  # 4 of 20 answers 3 s above the line
+    line = state.load_line()
+    assert state.spread_s(line) > 2.0 and state.forecast_s(5) > before + 2.0
 
 
 def test_the_refusal_is_what_the_sdk_calls_server_busy():
@@ -196,7 +203,7 @@ def test_the_ledger_is_shared_by_the_processes_of_one_server(tmp_path):
         assert list(state.open) == [str(ticket)]
         door.close(state, ticket, 1.0)
     with ledger.state() as state:
-        assert not state.open and state.answered == 1 and state.latencies == [1.0]
+        assert not state.open and state.answered == 1 and state.loads == [[1, 1.0]]
     path.write_bytes(b'{"open": {"1": [0, ')  # a torn write: measured afresh, not a crash
     with ledger.state() as state:
         assert state.open == {}

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from captioning.client import CaptionClient, GenerationOptions, InvalidInputError
+from captioning.client import CaptionClient, GenerationOptions, InvalidInputError, RetryPolicy
 
 from serving_helpers import assert_all_equal, serve
 
@@ -77,6 +77,9 @@ def _fixed_translation(reference, text: str, beams: int | None = None, tokens: i
     return reference.tokenizer.decode(ids[0], skip_special_tokens=True)
 
 
+COLD_START_RETRY = RetryPolicy(retries=10, backoff_s=0.5)
+
+
 def _staggered(jobs, spread_s: float) -> list:
     """Run each job on its own thread, starting at random offsets within `spread_s`."""
     results: list = [None] * len(jobs)
@@ -100,7 +103,8 @@ def _staggered(jobs, spread_s: float) -> list:
 def test_staggered_requests_equal_generate(inflight_server, reference, image_bytes):
     images = image_bytes[:24]
     options = [GenerationOptions(caption_num_beams=3), GenerationOptions()]
-    with CaptionClient(inflight_server.grpc_url, timeout_s=300) as client:
+    # 24 clients against a cold server: the door admits one batch until answers are timed; the rest retry
+    with CaptionClient(inflight_server.grpc_url, timeout_s=300, retry=COLD_START_RETRY) as client:
         jobs = [
             (lambda data=data, o=options[i % 2]: client.caption(data, options=o))
             for i, data in enumerate(images)
@@ -119,7 +123,7 @@ def test_on_the_torch_runner_staggered_requests_share_steps_and_equal_generate(
 ):
     images = image_bytes[24:48]
     options = [GenerationOptions(caption_num_beams=3), GenerationOptions()]
-    with CaptionClient(torch_inflight_server.grpc_url, timeout_s=300) as client:
+    with CaptionClient(torch_inflight_server.grpc_url, timeout_s=300, retry=COLD_START_RETRY) as client:
         jobs = [
             (lambda data=data, o=options[i % 2]: client.caption(data, options=o))
             for i, data in enumerate(images)
@@ -192,7 +196,12 @@ def test_past_the_admission_bound_requests_are_shed_and_the_rest_are_exact(infli
     assert len(busy) + len(served) == 96, [r for r in results if not isinstance(r, (str, ServerBusyError))]
     assert busy and served, f"{len(busy)} shed, {len(served)} served"
     # the door (text enters at the translator), or the engine's own bounds behind it
-    shed_by = ("in the pipeline", "Exceeds maximum queue size", "Exceeds the queue timeout", "Request timeout")
+    shed_by = (
+        "in the pipeline",
+        "Exceeds maximum queue size",
+        "Exceeds the queue timeout",
+        "Request timeout",
+    )
     assert all(any(words in str(b) for words in shed_by) for b in busy), busy[:3]
     assert len(busy) >= 96 - 64, "more requests waited than the model may see and hold"
     assert set(served) == {_fixed_translation(reference, text, beams=8)}

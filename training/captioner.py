@@ -34,6 +34,7 @@ from captioning.datasets import (
 )
 from captioning.hub_sources import HubOptions, add_hub_arguments, hub_options_from_args
 from captioning.training import lora
+from captioning.training.distributed import is_main_process
 from captioning.training.lora import (
     FULL_FINE_TUNING,
     LoraOptions,
@@ -283,8 +284,9 @@ def _run(args: argparse.Namespace) -> int:
         hub=hub_options_from_args(args),
     )
     metrics = train_captioner(args.model, data, config, lora_options_from_args(args))
-    print(f"best checkpoint: {config.output / 'best'} ({metrics['best']})")
-    print(f"metrics: {config.output / 'metrics.json'}; loss curve: {config.output / 'loss_curve.png'}")
+    if is_main_process():  # every rank returns the same metrics; one prints them
+        print(f"best checkpoint: {config.output / 'best'} ({metrics['best']})")
+        print(f"metrics: {config.output / 'metrics.json'}; loss curve: {config.output / 'loss_curve.png'}")
     return 0
 
 

@@ -1,6 +1,10 @@
-"""What the training loop (`loop.Trainer`) keeps between steps and across a `--resume`: the run's `TrainState`,
-the seeds and RNG snapshots that make a resumed run continue exactly, the best-checkpoint rule, and the
-swap-in directory write that keeps an interrupted save from leaving half a checkpoint.
+"""What the training loop (`loop.Trainer`) keeps between steps and across a `--resume`: the run's `TrainState`
+(world-size independent: steps and positions count global batches), the seeding, the best-checkpoint rule, and
+the swap-in directory write that keeps an interrupted save from leaving half a checkpoint.
+
+The loop no longer saves RNG snapshots: it reseeds every RNG before each step from (seed, step, rank)
+(`distributed.step_seed`), which a run of another world size can reproduce and a saved state of one rank could
+not; an older state's `rng` entry is ignored. `rng_states`/`set_rng_states` remain for code that snapshots RNGs.
 """
 
 from __future__ import annotations

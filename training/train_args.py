@@ -7,11 +7,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-# Settings that change the data order or the schedule: a resumed run should keep them.
+from captioning.training.trackers import REPORT_TO
+
+# Settings that change the data order or the schedule: a resumed run should keep them. The global batch
+# (batch x accumulation x world size) must be kept (distributed.check_resume_batch); the accumulation alone may
+# change with the world size.
 RESUME_KEYS = (
     "epochs",
     "batch_size",
-    "grad_accum_steps",
     "lr",
     "warmup_ratio",
     "warmup_steps",
@@ -26,7 +29,7 @@ class TrainConfig:
 
     output: Path = Path("runs/train")
     epochs: int = 7
-    batch_size: int = 8
+    batch_size: int = 8  # per process: the global batch is batch_size x grad_accum_steps x world size
     grad_accum_steps: int = 1
     lr: float = 5e-5
     weight_decay: float = 0.0
@@ -46,6 +49,7 @@ class TrainConfig:
     device: str | None = None  # None: cuda when available
     resume: bool = False
     progress: bool = True
+    report_to: str | None = None  # tensorboard, mlflow, wandb or none; None: tensorboard when installed
     # Hub revision (branch, tag or commit sha) of the `--model` source, for every file read from it; None: the
     # hub's default branch; a local directory (and `last/` when resuming) ignores it.
     model_revision: str | None = None
@@ -60,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.report_to not in (None, *REPORT_TO):
+            raise ValueError(f"report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
         if self.padding not in ("max_length", "longest"):
             raise ValueError(f"padding must be max_length or longest, got {self.padding!r}")
         for name in ("max_steps", "stop_at_step", "eval_every"):
@@ -96,12 +102,18 @@ def add_train_arguments(parser, defaults: TrainConfig) -> None:
 def _add_optimizer_arguments(group, defaults: TrainConfig) -> None:
     """Epochs, batch size and the AdamW schedule."""
     group.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
-    group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="items per forward pass of each process; default: %(default)s",
+    )
     group.add_argument(
         "--grad-accum-steps",
         type=int,
         default=1,
-        help="micro-batches per optimizer step (effective batch = batch size x this); default: %(default)s",
+        help="micro-batches per optimizer step and process (global batch = batch size x this x processes); "
+        "default: %(default)s",
     )
     group.add_argument(
         "--lr", type=float, default=defaults.lr, help="AdamW learning rate; default: %(default)s"
@@ -162,11 +174,21 @@ def _add_run_arguments(group, defaults: TrainConfig) -> None:
         help="what picks best/: 'loss' (dev loss) or a dev score name such as "
         f"{defaults.best_metric!r}; default: %(default)s",
     )
-    group.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    group.add_argument(
+        "--device",
+        help="cpu, cuda or cuda:N for one process (default: cuda when available, else cpu); launched "
+        "processes (torchrun, accelerate launch) each take the GPU of their LOCAL_RANK",
+    )
     group.add_argument(
         "--resume", action="store_true", help="continue from OUTPUT/last at its step and state"
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument(
+        "--report-to",
+        choices=REPORT_TO,
+        help="tracker for losses, learning rate, throughput and dev scores (events under OUTPUT/<tracker>/); "
+        "default: tensorboard when installed, else none",
+    )
 
 
 def config_from_args(args) -> TrainConfig:
@@ -191,5 +213,6 @@ def config_from_args(args) -> TrainConfig:
         device=args.device,
         resume=args.resume,
         progress=not args.no_progress,
+        report_to=args.report_to,
         model_revision=args.model_revision,
     )

@@ -78,3 +78,36 @@ def bls_server(fixture_checkpoints, tmp_path_factory):
     repository = build_repository(fixture_checkpoints.blip, fixture_checkpoints.mbart, output, options)
     with serve(repository, tmp_path_factory.mktemp("server-bls")) as running:
         yield running
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Training tests on one thread: two test processes on two cores otherwise oversubscribe them."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def flickr_subset(shared_data: Path):
+    """`make(root, count)`: a Flickr8k-layout folder of symlinks, `count` present train and dev images each."""
+
+    def make(root: Path, count: int) -> Path:
+        flickr = shared_data.resolve() / "flickr8k"
+        (root / "Images").mkdir(parents=True)
+        wanted = set()
+        for split in ("train", "dev"):
+            names = (flickr / f"Flickr_8k.{split}Images.txt").read_text().split()
+            names = [n for n in names if (flickr / "Images" / n).is_file()][:count]
+            (root / f"Flickr_8k.{split}Images.txt").write_text("\n".join(names) + "\n")
+            wanted.update(names)
+        lines = (flickr / "captions.txt").read_text(encoding="utf-8").splitlines()
+        kept = [lines[0], *(line for line in lines[1:] if line.split(",", 1)[0] in wanted)]
+        (root / "captions.txt").write_text("\n".join(kept) + "\n", encoding="utf-8")
+        for name in wanted:
+            (root / "Images" / name).symlink_to(flickr / "Images" / name)
+        return root
+
+    return make

@@ -3,8 +3,6 @@ real tritonserver equal `generate()` on the trained checkpoints."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from captioning.client import CaptionClient
@@ -14,26 +12,8 @@ from serving_helpers import Reference, assert_all_equal, serve
 pytestmark = pytest.mark.integration
 
 
-def _flickr_subset(root: Path, shared: Path, count: int) -> Path:
-    """A Flickr8k-layout folder of symlinks: `count` train and `count` dev images of the shared data."""
-    flickr = shared.resolve() / "flickr8k"
-    (root / "Images").mkdir(parents=True)
-    wanted = set()
-    for split in ("train", "dev"):
-        names = (flickr / f"Flickr_8k.{split}Images.txt").read_text().split()
-        names = [n for n in names if (flickr / "Images" / n).is_file()][:count]
-        (root / f"Flickr_8k.{split}Images.txt").write_text("\n".join(names) + "\n")
-        wanted.update(names)
-    lines = (flickr / "captions.txt").read_text(encoding="utf-8").splitlines()
-    kept = [lines[0], *(line for line in lines[1:] if line.split(",", 1)[0] in wanted)]
-    (root / "captions.txt").write_text("\n".join(kept) + "\n", encoding="utf-8")
-    for name in wanted:
-        (root / "Images" / name).symlink_to(flickr / "Images" / name)
-    return root
-
-
 @pytest.fixture(scope="module")
-def trained(fixture_checkpoints, shared_data, tmp_path_factory):
+def trained(fixture_checkpoints, shared_data, flickr_subset, tmp_path_factory):
     """best/ of a few steps of each trainer, started from the fixture checkpoints."""
     import torch
 
@@ -47,7 +27,7 @@ def trained(fixture_checkpoints, shared_data, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        data = CaptionerData(root=_flickr_subset(work / "flickr", shared_data, 2))
+        data = CaptionerData(root=flickr_subset(work / "flickr", 2))
         # lr 1e-4 moves the weights (checked below) but keeps the fixture's sharply peaked logits, so ONNX
         # Runtime float noise cannot flip an argmax.
         train_captioner(fixture_checkpoints.blip, data, TrainConfig(output=work / "blip", lr=1e-4, **common))

@@ -20,13 +20,7 @@ from captioning.training.baseline_models import ModelOptions, build_model, capti
 from captioning.training.baseline_train import CaptionSet, TrainOptions, batches  # noqa: E402
 from captioning.training.vocab import SPECIALS, Vocab, load_glove, tokenize  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config():

@@ -20,30 +20,7 @@ pytest.importorskip("peft")
 RANK = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _flickr_subset(root: Path, shared: Path, count: int) -> Path:
-    """A Flickr8k-layout folder of symlinks: `count` present train and dev images of the shared data."""
-    flickr = shared.resolve() / "flickr8k"
-    (root / "Images").mkdir(parents=True)
-    wanted = set()
-    for split in ("train", "dev"):
-        names = (flickr / f"Flickr_8k.{split}Images.txt").read_text().split()
-        names = [n for n in names if (flickr / "Images" / n).is_file()][:count]
-        (root / f"Flickr_8k.{split}Images.txt").write_text("\n".join(names) + "\n")
-        wanted.update(names)
-    lines = (flickr / "captions.txt").read_text(encoding="utf-8").splitlines()
-    kept = [lines[0], *(line for line in lines[1:] if line.split(",", 1)[0] in wanted)]
-    (root / "captions.txt").write_text("\n".join(kept) + "\n", encoding="utf-8")
-    for name in wanted:
-        (root / "Images" / name).symlink_to(flickr / "Images" / name)
-    return root
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(output: Path, **overrides) -> TrainConfig:
@@ -58,10 +35,10 @@ def _weights(path: Path) -> dict:
     return load_file(str(path))
 
 
-def _train_blip(fixture_checkpoints, shared_data, output: Path, **overrides) -> Path:
+def _train_blip(fixture_checkpoints, flickr_subset, output: Path, **overrides) -> Path:
     from captioning.training.captioner import CaptionerData, train_captioner
 
-    data = CaptionerData(root=_flickr_subset(output.parent / f"{output.name}-data", shared_data, 2))
+    data = CaptionerData(root=flickr_subset(output.parent / f"{output.name}-data", 2))
     train_captioner(
         fixture_checkpoints.blip, data, _config(output, **overrides), LoraOptions(RANK, dropout=0)
     )
@@ -77,8 +54,8 @@ def _train_mbart(fixture_checkpoints, shared_data, output: Path, **overrides) ->
 
 
 @pytest.fixture(scope="module")
-def blip_run(fixture_checkpoints, shared_data, tmp_path_factory) -> Path:
-    return _train_blip(fixture_checkpoints, shared_data, tmp_path_factory.mktemp("lora") / "blip")
+def blip_run(fixture_checkpoints, flickr_subset, tmp_path_factory) -> Path:
+    return _train_blip(fixture_checkpoints, flickr_subset, tmp_path_factory.mktemp("lora") / "blip")
 
 
 def _pixels(fixture_checkpoints, shared_data, count: int = 2):

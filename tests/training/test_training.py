@@ -16,12 +16,7 @@ from captioning.training.train_args import TrainConfig
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _flickr_dataset(root: Path, shared: Path, train: int, dev: int) -> tuple[Path, list[str]]:

@@ -39,12 +39,12 @@ test: install
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/python scripts/lint_imports.py
-	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu docker/Dockerfile.train
 	$(BIN)/bandit -q -c pyproject.toml -r captioning export client training model_repository -ll
 	mkdir -p build/k8s && for o in cpu gpu gpu-s3; do kubectl kustomize deploy/k8s/overlays/$$o > build/k8s/$$o.yaml || exit 1; done
 	kubectl kustomize deploy/k8s/training > build/k8s/training.yaml
 	$(CHECKOV) --framework kubernetes -f build/k8s/cpu.yaml -f build/k8s/gpu.yaml -f build/k8s/gpu-s3.yaml -f build/k8s/training.yaml
-	$(CHECKOV) --framework dockerfile -f docker/Dockerfile -f docker/Dockerfile.cpu
+	$(CHECKOV) --framework dockerfile -f docker/Dockerfile -f docker/Dockerfile.cpu -f docker/Dockerfile.train
 
 # model_repository/*/config.pbtxt from the typed specs, after a spec changed (a test fails until then).
 configs: install

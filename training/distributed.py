@@ -11,12 +11,14 @@ lets `--resume` continue with another world size.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+LOG = logging.getLogger(__name__)
 # numpy's legacy seeding takes 32 bits.
 SEED_SPACE = 2**32
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # --precision -> accelerate's name
@@ -210,6 +212,7 @@ def make_accelerator(config: Any, tracker: str | None) -> tuple[Any, str]:
         accelerator.native_amp = True
         accelerator.scaler = torch.amp.GradScaler("cpu")
     refuse_unsupported(accelerator)
+    warn_ignored_fsdp(accelerator)
     return accelerator, precision
 
 
@@ -222,6 +225,23 @@ def refuse_unsupported(accelerator: Any) -> None:
         raise ValueError(
             "DeepSpeed is not supported by the trainer's resumable state; shard with FSDP instead "
             "(accelerate launch --use_fsdp, or `accelerate config`: docs/training.md, 'Distributed training')"
+        )
+
+
+def warn_ignored_fsdp(accelerator: Any) -> None:
+    """accelerate turns FSDP on for accelerator types only (`AcceleratorState.__init__` in accelerate/state.py
+    takes its FSDP branch for MULTI_GPU, MULTI_XPU, ..., not MULTI_CPU): asked for on the CPU, the run is
+    data-parallel instead, with a whole model per process, and accelerate says nothing. The main process does."""
+    from accelerate.utils import DistributedType
+
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in {"1", "true"}
+    if asked and accelerator.distributed_type != DistributedType.FSDP and accelerator.is_main_process:
+        LOG.warning(
+            "FSDP was asked for (ACCELERATE_USE_FSDP: `accelerate launch --use_fsdp` or its config), but "
+            "accelerate enables it on GPUs and other accelerators only: this run on %s is %s, and every process "
+            "holds the whole model (docs/training.md, 'Distributed training')",
+            accelerator.device,
+            getattr(accelerator.distributed_type, "value", accelerator.distributed_type),
         )
 
 

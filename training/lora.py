@@ -14,6 +14,8 @@ A run saves, in best/ and last/, the merged weights as a plain `save_pretrained`
 training weights, which stay untouched) so `captioning export` takes it unchanged, and the adapter in `adapter/`
 (`PeftModel.save_pretrained` plus the processor/tokenizer files; its `adapter_config.json` records the base
 source and revision). `--resume` reloads last/adapter as trainable on top of that base.
+
+Every rank of a launch builds the same adapter; only the main process (rank 0) logs about it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from captioning.export.adapters import import_peft
+from captioning.training.distributed import is_main_process
 
 LOG = logging.getLogger(__name__)
 ADAPTER_DIR = "adapter"
@@ -112,7 +115,8 @@ def load_trainable(adapter: Path, load_base: Callable[[str, str | None], Any], o
     """The saved adapter, trainable again, on the base its config records (`load_base(source, revision)`)."""
     peft = import_peft()
     config = peft.PeftConfig.from_pretrained(str(adapter))
-    if (config.r, config.lora_alpha) != (options.rank, options.scaled_alpha):
+    main = is_main_process()
+    if main and (config.r, config.lora_alpha) != (options.rank, options.scaled_alpha):
         LOG.warning(
             "--resume: the saved adapter has rank %s, alpha %s; it is kept (not rank %s, alpha %s)",
             config.r,
@@ -122,12 +126,16 @@ def load_trainable(adapter: Path, load_base: Callable[[str, str | None], Any], o
         )
     base = load_base(config.base_model_name_or_path, config.revision)
     model = peft.PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
-    LOG.info("resuming the LoRA adapter %s on %s", adapter, config.base_model_name_or_path)
+    if main:
+        LOG.info("resuming the LoRA adapter %s on %s", adapter, config.base_model_name_or_path)
     _log_trainable(model)
     return model
 
 
 def _log_trainable(model: Any) -> None:
+    """The trainable share, logged once per launch (by the main process), not once per rank."""
+    if not is_main_process():
+        return
     trainable, total = model.get_nb_trainable_parameters()
     LOG.info("LoRA: %d of %d parameters trainable (%.3f %%)", trainable, total, 100 * trainable / total)
 

@@ -1,5 +1,6 @@
-"""checkov (scripts/install-checkov.sh, deploy/.checkov.yaml) passes the rendered overlays, the pod KServe would
-create and both Dockerfiles with no failed check, fails planted insecure ones, and every skip has a reason."""
+"""checkov (scripts/install-checkov.sh, deploy/.checkov.yaml) passes the rendered overlays, the training Job's
+manifests, the pod KServe would create and every Dockerfile with no failed check, fails planted insecure ones,
+and every skip has a reason."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_manifests import NAMESPACE, OVERLAYS, ROOT, kserve, kserve_pod, render, tls_overlay
+from test_manifests import K8S, NAMESPACE, OVERLAYS, ROOT, kserve, kserve_pod, render, tls_overlay
 
 CHECKOV_CONFIG = ROOT / "deploy" / ".checkov.yaml"
+DOCKERFILES = ("Dockerfile", "Dockerfile.cpu", "Dockerfile.train")
 
 
 def _checkov() -> str:
@@ -63,10 +65,13 @@ def _rendered_manifests(tmp_path: Path) -> list[Path]:
     # checkov has no policies for KServe's InferenceService: it checks the pod KServe makes of it.
     kserve_file = tmp_path / "kserve-pod.yaml"
     kserve_file.write_text(yaml.safe_dump(kserve_pod(kserve())))
-    return [*files, out, kserve_file]
+    # The fine-tuning Job with its namespace, claim, headless Service and NetworkPolicy (deploy/k8s/training).
+    training = tmp_path / "training.yaml"
+    training.write_text(yaml.safe_dump_all(render(K8S / "training")))
+    return [*files, out, kserve_file, training]
 
 
-def test_checkov_passes_the_rendered_overlays_and_kserve(tmp_path):
+def test_checkov_passes_the_rendered_overlays_training_and_kserve(tmp_path):
     files = _rendered_manifests(tmp_path)
     code, reports, output = checkov("kubernetes", files)
     assert reports, output
@@ -78,11 +83,10 @@ def test_checkov_passes_the_rendered_overlays_and_kserve(tmp_path):
     assert summary["passed"] > 0
 
 
-def test_checkov_passes_both_dockerfiles():
-    code, reports, output = checkov(
-        "dockerfile", [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.cpu"]
-    )
+def test_checkov_passes_every_dockerfile():
+    code, reports, output = checkov("dockerfile", [ROOT / "docker" / name for name in DOCKERFILES])
     assert reports, output
+    assert reports[0]["summary"]["resource_count"] == len(DOCKERFILES), reports[0]["summary"]  # one each
     assert not _failed(reports) and reports[0]["summary"]["failed"] == 0 and code == 0, "\n".join(
         _failed(reports)
     )

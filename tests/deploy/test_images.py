@@ -1,5 +1,5 @@
-"""The container images: hadolint, versions that agree, a GPU dependency set without CPU-only packages, and the
-entrypoint's decision to build engines (against a stub trtexec)."""
+"""The container images: hadolint, versions that agree, a GPU dependency set without CPU-only packages, the
+training image the Kubernetes Job runs, and the entrypoint's decision to build engines (against a stub trtexec)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 TRITON_RELEASE, TRITON_SERVER = "24.10", "2.51.0"  # NGC container release <-> the pip wheel's server
+DOCKERFILES = ["Dockerfile", "Dockerfile.cpu", "Dockerfile.train"]
 
 
 def _hadolint() -> str:
@@ -24,7 +25,11 @@ def _hadolint() -> str:
     return str(binary)
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cpu"])
+def _extras() -> dict[str, list[str]]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_dockerfiles_pass_hadolint(dockerfile):
     result = subprocess.run([_hadolint(), str(DOCKER / dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -39,8 +44,32 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path):
 def test_gpu_image_is_the_release_of_the_pip_server():
     text = (DOCKER / "Dockerfile").read_text()
     assert f"nvcr.io/nvidia/tritonserver:{TRITON_RELEASE}-py3" in text
-    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serving"]
+    pins = _extras()["serving"]
     assert "nvidia-pytriton==0.7.0" in pins  # 0.7.0 ships tritonserver 2.51.0 = NGC 24.10
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.train"])
+def test_images_install_the_torch_the_extras_pin(dockerfile):
+    """pip would keep an image's torch only if it satisfies the export extra's pin (else it replaces it)."""
+    (pin,) = [r for r in _extras()["export"] if r.startswith("torch==")]
+    assert f'pip install --no-cache-dir "{pin}"' in (DOCKER / dockerfile).read_text()
+
+
+def test_the_training_image_is_the_jobs_with_the_training_extra_on_cuda_torch():
+    import yaml
+
+    text = (DOCKER / "Dockerfile.train").read_text()
+    job = yaml.safe_load((ROOT / "deploy" / "k8s" / "training" / "job.yaml").read_text())
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert f"-t {container['image']} ." in text  # its build line makes the image the Job names
+    assert 'pip install --no-cache-dir ".[training]"' in text
+    assert "torch.distributed.run" in text  # the Job's torchrun is importable once built
+    # PyPI's Linux torch wheel is the CUDA build; the CPU index (Dockerfile.cpu's) would leave the GPUs idle.
+    (torch_line,) = [line for line in text.splitlines() if '"torch==' in line]
+    assert "--index-url" not in torch_line and "/whl/cpu" not in text
+    # No ENTRYPOINT: `docker run IMAGE torchrun ...` and the Job's command give the whole command line.
+    assert not re.search(r"^ENTRYPOINT", text, re.MULTILINE)
+    assert re.search(r"^USER 1000$", text, re.MULTILINE)
 
 
 @pytest.mark.integration
@@ -125,7 +154,7 @@ def test_compose_file_serves_one_gpu_node():
         assert (DOCKER / volume.split(":")[0]).resolve().is_file(), volume
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cpu"])
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_images_copy_every_folder_the_package_is_built_from(dockerfile):
     """No image is built here, so a folder missing from the COPY lines would only show in a user's build."""
     mapped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]

@@ -109,7 +109,7 @@ def test_the_launch_is_described():
     assert "world size 4" in line and "global batch 24 = batch 3 x accumulation 2 x 4" in line
 
 
-def test_device_choices_and_unsupported_engines(monkeypatch):
+def test_device_choices_and_unsupported_engines(monkeypatch, caplog):
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
@@ -121,9 +121,26 @@ def test_device_choices_and_unsupported_engines(monkeypatch):
     with pytest.raises(ValueError, match="DeepSpeed is not supported.*FSDP"):
         distributed.refuse_unsupported(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED))
     distributed.refuse_unsupported(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    sharded = SimpleNamespace(distributed_type=DistributedType.FSDP, is_main_process=True, device="cuda:0")
+    distributed.warn_ignored_fsdp(sharded)  # FSDP asked for and on: nothing to say
+    assert "FSDP was asked for" not in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------- torchrun
+
+# What the trainer's accelerator becomes when FSDP is asked for on the CPU (as `accelerate launch --use_fsdp
+# --fsdp_version 2` asks: through the environment), and what it makes of a model.
+FSDP_PROBE = """
+import logging, sys, torch
+from captioning.training import distributed
+from captioning.training.train_args import TrainConfig
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+accelerator, _ = distributed.make_accelerator(TrainConfig(output=sys.argv[1], device="cpu"), None)
+model = accelerator.prepare(torch.nn.Linear(2, 2))
+seen = f"{accelerator.distributed_type.value} {type(model).__name__} {distributed.is_sharded(accelerator)}"
+open(f"{sys.argv[1]}/probe.{accelerator.process_index}", "w").write(seen)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +171,23 @@ def _args(model: Path, pairs: Path, output: Path, accum: int, *extra: str) -> li
         str(accum),
         *extra,
     ]
+
+
+def test_fsdp_asked_for_on_the_cpu_runs_data_parallel_and_the_trainer_says_so(tmp_path):
+    """accelerate enables FSDP on accelerators only, so FSDP has not run here: on the CPU (gloo) the run
+    silently becomes data-parallel (docs/training.md, 'Distributed training'). If this starts failing, an
+    accelerate release shards on the CPU: test the FSDP path then, instead of this."""
+    script = tmp_path / "probe.py"
+    script.write_text(FSDP_PROBE)
+    env = dict(os.environ, ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
+    command += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(script), str(tmp_path)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"probe.{rank}").read_text() == "MULTI_CPU DistributedDataParallel False"
+    assert output.count("FSDP was asked for") == 1  # by the main process alone
 
 
 def _one_process(args: list[str]) -> None:

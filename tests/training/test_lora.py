@@ -200,6 +200,24 @@ def test_documented_trainable_parameter_counts(family, counts):
         assert model.get_nb_trainable_parameters()[0] == count
 
 
+@pytest.mark.parametrize(("rank", "logged"), [("0", True), ("1", False)])
+def test_only_the_main_process_logs_the_trainable_parameters(monkeypatch, caplog, rank, logged):
+    """Every rank wraps the same adapter; a launch of eight processes logs the count once (RANK: torchrun's
+    and accelerate's)."""
+    from captioning.training import lora
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj, self.v_proj = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+    monkeypatch.setenv("RANK", rank)
+    with caplog.at_level("INFO", logger="captioning.training.lora"):
+        wrapped = lora.wrap(Tiny(), "mbart", LoraOptions(2), "tiny", None)
+    assert wrapped.get_nb_trainable_parameters()[0] == 2 * 2 * (4 + 4)  # two Linear(4, 4), rank 2
+    assert ("LoRA: 32 of 72 parameters trainable" in caplog.text) is logged, caplog.text
+
+
 @pytest.mark.integration
 def test_merged_and_adapter_checkpoints_export_and_serve_like_generate(
     blip_run, fixture_checkpoints, shared_data, flickr_images, tmp_path

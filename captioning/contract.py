@@ -105,6 +105,12 @@ PARAM_MAX_CAPTION_TOKENS = "max_caption_tokens"  # the encoder's positions
 PARAM_SRC_LANG = "src_lang"
 PARAM_DEVICE = "device"  # torch runner: "cpu", "cuda" or "cuda:N"
 PARAM_PRECISION = "precision"  # torch runner: "fp32" (exact), "bf16" or "fp16"
+# blip_vision's runner: its ONNX graph ("onnx", the default) or the checkpoint's vision model on the torch runner
+# ("torch": bf16 repositories on a CPU, `export --target cpu --precision bf16`).
+PARAM_VISION_RUNNER = "vision_runner"
+ONNX_RUNNER = "onnx"
+# Where a torch-runner model's checkpoint lies inside its version directory.
+CHECKPOINT_DIR = "checkpoint"
 # In-flight batching (`export --inflight`): the generators run under the sequence batcher's iterative sequences;
 # these bound the rows decoding at once and the requests waiting to join (captioning/runtime/inflight.py).
 PARAM_INFLIGHT = "inflight"  # "1": on
@@ -122,6 +128,9 @@ TORCH_RUNNER = "torch"
 INPROCESS_RUNNER, BLS_RUNNER = "inprocess", "bls"
 DECODER_RUNNERS = (INPROCESS_RUNNER, BLS_RUNNER, TORCH_RUNNER)
 TARGETS = ("cpu", "gpu")
+# The operator's override (environment, "1"): a served bf16 model loads on a CPU without amx_bf16/avx512_bf16,
+# where it would otherwise refuse (bf16 is slower than fp32 there; captioning/runtime/cpu_flags.py).
+ALLOW_SLOW_BF16_ENV = "CAPTIONING_ALLOW_SLOW_BF16"
 
 # -- the server's control plane (docs/security.md) ---------------------------------------------------------
 # Triton serves the APIs that change it (model repository, shared memory, statistics, trace, logging) only to

@@ -15,6 +15,10 @@ from captioning.export.repository import RepositoryOptions, write_repository
 
 LOG = logging.getLogger(__name__)
 
+# fp32: exact; int8: ONNX Runtime dynamic quantisation; bf16: the checkpoints' modules on the torch runner
+# (vision and both generators), for CPUs with amx_bf16 or avx512_bf16 (docs/performance.md, "bf16 on CPU").
+CPU_PRECISIONS = ("fp32", "int8", "bf16")
+
 
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
@@ -30,7 +34,9 @@ class BuildOptions:
     # checkpoints cost what trained ones do that way.
     caption: Overrides = Overrides()
     translation: Overrides = Overrides()
-    precision: str = "fp32"  # "int8": opt-in dynamic quantisation (export/quantize.py), not token-exact
+    # "int8": opt-in dynamic quantisation (export/quantize.py); "bf16" (cpu: needs --decoder-runner torch, which
+    # the CLI implies): the checkpoints' modules in bf16. Neither is token-exact.
+    precision: str = "fp32"
     # Opt-in: a `captioning trim-vocab` file; the translator decodes over those target ids only (not exact).
     translator_vocab: Path | None = None
     # Hub revisions (branch, tag or commit sha) every file of that source is read at: model, config,
@@ -46,19 +52,25 @@ class BuildOptions:
     def validate_options(self) -> None:
         if self.target not in contract.TARGETS:
             raise ValueError(f"target must be one of {', '.join(contract.TARGETS)}, got {self.target!r}")
-        from captioning.export import gpu, quantize
+        from captioning.export import gpu
 
-        precisions = quantize.PRECISIONS if self.target == "cpu" else gpu.PRECISIONS
+        precisions = CPU_PRECISIONS if self.target == "cpu" else gpu.PRECISIONS
         if self.precision not in precisions:
             raise ValueError(
                 f"precision on {self.target} must be one of {', '.join(precisions)}, got {self.precision!r}"
             )
         if self.target == "gpu" and self.translator_vocab is not None:
             raise ValueError("--translator-vocab is a CPU mode; GPU repositories decode the full vocabulary")
-        if self.torch_on_cpu and (self.precision != "fp32" or self.translator_vocab is not None):
+        runner = self.repository.decoder_runner
+        if self.target == "cpu" and self.precision == "bf16" and runner != contract.TORCH_RUNNER:
             raise ValueError(
-                "--decoder-runner torch serves the checkpoints' modules in fp32 over the full vocabulary: "
-                "drop --precision int8 and --translator-vocab, or use the ONNX runner"
+                "--precision bf16 on a CPU serves the checkpoints' modules on the torch runner (it implies "
+                f"--decoder-runner torch): drop --decoder-runner {runner}"
+            )
+        if self.torch_on_cpu and self.precision == "int8":
+            raise ValueError(
+                "--decoder-runner torch serves the checkpoints' modules in fp32 or bf16; int8 is an ONNX "
+                "Runtime mode: drop --precision int8 (or use --precision bf16), or use the ONNX runner"
             )
         if not 2 <= self.max_length <= 1024:
             raise ValueError(f"max_length must be in 2..1024, got {self.max_length}")
@@ -96,15 +108,46 @@ def translation_settings(model, tokenizer, target_lang: str, max_length: int):
     )
 
 
-def _trim_translator(mbart, path: Path, translation):
-    """Load a kept-token file, check that generation can still reach every id it needs, trim the model."""
+def implied_runner(target: str, precision: str) -> str:
+    """The decoder runner when none is named: bf16 on a CPU runs on the torch runner, anything else in-process."""
+    if target == "cpu" and precision == "bf16":
+        return contract.TORCH_RUNNER
+    return contract.INPROCESS_RUNNER
+
+
+def _trim_translator(mbart, path: Path, translation, in_place: bool):
+    """Load a kept-token file, check that generation can still reach every id it needs, trim the model (the
+    ONNX graphs are traced from it) or, for the torch runner (`in_place` false), leave the checkpoint whole:
+    the runner trims it as it loads it."""
     from captioning.decoding.vocab import VocabMap
-    from captioning.export.vocab_trim import trim_decoder_vocab
+    from captioning.modules.vocab import check_vocab, trim_decoder_vocab
 
     vocab = VocabMap.load(path)
     vocab.remap(translation)  # raises ValueError naming a start/end/language id the file lacks
-    trim_decoder_vocab(mbart, vocab)
+    if in_place:
+        trim_decoder_vocab(mbart, vocab)
+    else:
+        check_vocab(mbart, vocab)
     return vocab
+
+
+def _warn_if_slow_here(options: BuildOptions) -> None:
+    """A bf16 CPU repository refuses to load on a CPU without native bf16: say so if this one is such a CPU
+    (the serving machine may differ)."""
+    if options.target != "cpu" or options.precision != "bf16":
+        return
+    from captioning.runtime import cpu_flags
+
+    flags = cpu_flags.read_flags()
+    try:
+        cpu_flags.bf16_path(flags)
+    except cpu_flags.SlowHalfPrecision:
+        LOG.warning(
+            "%s: the bf16 repository will refuse to load on a CPU like this one unless %s=1; serve it on a "
+            "CPU with amx_bf16 or avx512_bf16 (the exporting and serving machines may differ)",
+            cpu_flags.missing_sentence(flags),
+            contract.ALLOW_SLOW_BF16_ENV,
+        )
 
 
 def _versions() -> dict[str, str]:
@@ -128,6 +171,7 @@ def build_repository(
     from captioning.export.graphs import load_captioner, load_translator
 
     options.validate_options()
+    _warn_if_slow_here(options)
     output = Path(output)
     started = datetime.datetime.now(datetime.timezone.utc)
     with tempfile.TemporaryDirectory(
@@ -148,7 +192,7 @@ def build_repository(
         }
         vocab = None
         if options.translator_vocab is not None:
-            vocab = _trim_translator(mbart, options.translator_vocab, translation)
+            vocab = _trim_translator(mbart, options.translator_vocab, translation, not options.torch_on_cpu)
             assets["translator_vocab"] = vocab.save(work / "vocab.json")
         graphs = _export_graphs(blip, mbart, work, options)
         manifest = {
@@ -182,6 +226,7 @@ def served_options(options: BuildOptions, max_positions: int) -> RepositoryOptio
     return dataclasses.replace(
         options.repository,
         gpu=_gpu_options(options),
+        torch_precision="bf16" if options.target == "cpu" and options.precision == "bf16" else "fp32",
         src_lang=options.source_lang,
         # Longer text would index past mBART's learned positions.
         max_source_tokens=min(options.repository.max_source_tokens, max_positions),
@@ -191,12 +236,17 @@ def served_options(options: BuildOptions, max_positions: int) -> RepositoryOptio
 
 def _runner_assets(blip, mbart, work: Path, graphs: dict, assets: dict, manifest: dict, options) -> None:
     """What the repository's runners need beyond the graphs: the checkpoints where the torch runner serves
-    them, and on a GPU the vision graph in its precision and the CUDA pool size."""
+    them, and on a GPU the vision graph in its precision and the CUDA pool size. bf16 on a CPU serves vision
+    on the torch runner too, from the vision model alone: the full BLIP checkpoint in every blip_vision
+    instance would hold its text decoder for nothing (two thirds of BLIP-base's weights)."""
     if options.target == "gpu":
         _gpu_assets(blip, mbart, work, graphs, assets, options)
         manifest["cuda_memory_pool_byte_size"] = _pool_bytes(blip, options)
     elif options.torch_on_cpu:
         _checkpoint_assets(blip, mbart, work, assets)
+        if options.precision == "bf16":
+            blip.vision_model.save_pretrained(work / "vision_checkpoint")
+            assets["vision_checkpoint"] = work / "vision_checkpoint"
 
 
 def _gpu_options(options: BuildOptions):
@@ -264,7 +314,8 @@ def _save_assets(captioner, translator, work: Path, options: BuildOptions):
 def _export_graphs(blip, mbart, work: Path, options: BuildOptions) -> dict[str, Path]:
     from captioning.export.graphs import ExportOptions, export_models
 
-    # Generators on the torch runner serve the checkpoints themselves: only the vision graph is needed.
+    # Generators on the torch runner serve the checkpoints themselves: only the vision graph is needed (in
+    # bf16 it still gives blip_vision's tensor spec, and serves it in fp32 if its vision_runner is set to onnx).
     only = (contract.VISION_MODEL,) if options.torch_on_cpu else None
     export = ExportOptions(validate=options.validate, progress=options.progress, only=only)
     graphs = export_models(blip, mbart, work / "graphs", export).paths

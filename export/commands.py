@@ -9,7 +9,7 @@ from captioning import contract
 
 
 def _export(args: argparse.Namespace) -> int:
-    from captioning.export.build import BuildOptions, build_repository
+    from captioning.export.build import BuildOptions, build_repository, implied_runner
     from captioning.export.gpu import GpuOptions
     from captioning.export.repository import RepositoryOptions
 
@@ -30,7 +30,7 @@ def _export(args: argparse.Namespace) -> int:
             queue_timeout_s=args.queue_timeout,
             latency_budget_s=args.latency_budget,
             inflight=args.inflight,
-            decoder_runner=args.decoder_runner,
+            decoder_runner=args.decoder_runner or implied_runner(args.target, args.precision),
             intra_op_threads=args.intra_op_threads,
             cpu_slots=args.cpu_slots,
             instance_counts=tuple(_instance_count(item) for item in args.instances),
@@ -154,29 +154,37 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     _add_batching(export)
     export.add_argument(
         "--decoder-runner",
-        default=contract.DECODER_RUNNERS[0],
+        default=None,
         choices=contract.DECODER_RUNNERS,
         help="generators run their ONNX graphs in-process (the default), call the graph models through Triton "
         "(bls), or run the checkpoints' own modules in-process (torch: the runner GPU repositories use, oneDNN "
-        "on a CPU; with --inflight its cohorts share one forward pass per step; fp32 only)",
+        "on a CPU; with --inflight its cohorts share one forward pass per step; fp32 or bf16, with or without "
+        "--translator-vocab); --precision bf16 on a CPU implies torch",
     )
     _add_stage_defaults(export)
     _add_serving_layout(export)
+    _add_precision(export)
+    export.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    export.add_argument("--no-progress", action="store_true")
+    export.set_defaults(func=_export)
+
+
+def _add_precision(export: argparse.ArgumentParser) -> None:
     export.add_argument(
         "--precision",
         default="fp32",
         choices=["fp32", "int8", "fp16", "bf16"],
         help="fp32: token-exact with generate(); int8 (cpu): opt-in dynamic quantisation; fp16, bf16 (gpu): "
-        "opt-in half precision; the fast modes are not exact",
+        "opt-in half precision; bf16 (cpu): vision and both generators on the torch runner in bf16 (LayerNorm, "
+        "softmax and the scores stay fp32), for CPUs with amx_bf16 or avx512_bf16: elsewhere the served "
+        f"models refuse to load unless {contract.ALLOW_SLOW_BF16_ENV}=1 (docs/performance.md, bf16 on CPU); "
+        "the fast modes are not exact",
     )
     export.add_argument(
         "--translator-vocab",
         help="opt-in: a `captioning trim-vocab` file; the translator's decoder keeps only those target "
-        "tokens (faster, not token-exact)",
+        "tokens (faster, not token-exact; on the torch runner the checkpoint is trimmed as it loads)",
     )
-    export.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    export.add_argument("--no-progress", action="store_true")
-    export.set_defaults(func=_export)
 
 
 def _add_batching(export: argparse.ArgumentParser) -> None:

@@ -42,7 +42,9 @@ def _graph_spec(name: str, meta: dict, options: RepositoryOptions, batched: bool
         outputs=tuple(TensorSpec(t, dtype(t), dims(t)) for t in meta["output_names"]),
         max_batch_size=options.max_batch_size if batched else 0,
         batching=options.batching() if batched else None,
-        parameters=options.runner_parameters(),
+        parameters=options.vision_parameters()
+        if name == contract.VISION_MODEL
+        else options.runner_parameters(),
     )
 
 
@@ -226,7 +228,8 @@ def write_repository(
     options: RepositoryOptions | None = None,
 ) -> list[Path]:
     """Write configs, adapters, graphs and assets; `assets` holds `processor`, `captioner_tokenizer`,
-    `translator_tokenizer` and optionally `translator_vocab`."""
+    `translator_tokenizer` and optionally `translator_vocab`; with the torch runner the checkpoints
+    (`captioner_checkpoint`, `translator_checkpoint`, and in bf16 on a CPU `vision_checkpoint`)."""
     options = options or RepositoryOptions()
     options.validate()
     output = Path(output)
@@ -261,6 +264,9 @@ def write_repository(
     vocab.unlink(missing_ok=True)
     if "translator_vocab" in assets:  # opt-in trimmed decoder vocabulary (captioning/decoding/vocab.py)
         shutil.copy2(assets["translator_vocab"], vocab)
+    if options.torch_vision:  # bf16 on a CPU: blip_vision serves the checkpoint's vision model
+        target = output / contract.VISION_MODEL / "1" / contract.CHECKPOINT_DIR
+        shutil.copytree(assets["vision_checkpoint"], target, dirs_exist_ok=True)
     for model in GENERATOR_GRAPHS:
         _write_json(
             output / model / "1" / "graphs.json",
@@ -285,8 +291,10 @@ def _generator_graphs(
             if model == contract.CAPTION_MODEL
             else ("mbart", "translator_checkpoint")
         )
-        shutil.copytree(assets[key], output / model / "1" / "checkpoint", dirs_exist_ok=True)
-        graphs_meta["checkpoint"] = {"kind": kind, "dir": "checkpoint"}
+        shutil.copytree(assets[key], output / model / "1" / contract.CHECKPOINT_DIR, dirs_exist_ok=True)
+        graphs_meta["checkpoint"] = {"kind": kind, "dir": contract.CHECKPOINT_DIR}
+        if kind == "mbart" and "translator_vocab" in assets:  # trimmed in memory as the runner loads it
+            graphs_meta["checkpoint"]["vocab"] = "vocab.json"
     return graphs_meta
 
 

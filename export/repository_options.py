@@ -10,6 +10,7 @@ from captioning.export.gpu import GpuOptions
 from captioning.export.model_config import BatchingSpec, IterativeSpec
 
 GRAPH_MODELS = contract.GRAPH_MODELS
+TORCH_CPU_PRECISIONS = ("fp32", "bf16")  # the torch runner on a CPU repository
 ONE_REQUEST_DELAY_US = 3_600_000_000  # see RepositoryOptions.vision_batching
 
 
@@ -31,6 +32,9 @@ class RepositoryOptions:
     # own modules in the generator's process, as GPU repositories run them; with in-flight batching its
     # cohorts share one forward pass per step).
     decoder_runner: str = "inprocess"
+    # The torch runner's precision on a CPU repository: "fp32" (exact) or "bf16" (`export --target cpu
+    # --precision bf16`: the generators and blip_vision on the torch runner in bf16). GPU repositories: gpu.
+    torch_precision: str = "fp32"
     intra_op_threads: int = 0  # 0: ONNX Runtime decides
     # At most this many graph runs at once across the server's models ("auto": the serving machine's cores;
     # "0": no limit). Meant for single-threaded layouts; see captioning/runtime/cpu_slots.py.
@@ -52,6 +56,12 @@ class RepositoryOptions:
         return "cpu" if self.gpu is None else "gpu"
 
     @property
+    def torch_vision(self) -> bool:
+        """Whether blip_vision serves the checkpoint's vision model on the torch runner (bf16 on a CPU: the
+        ONNX graph has no bf16 path there); otherwise its ONNX graph."""
+        return self.gpu is None and self.torch_precision != "fp32"
+
+    @property
     def torch_generators(self) -> bool:
         """Whether the generators serve the checkpoints' modules (GPU repositories, `--decoder-runner torch`)."""
         return self.gpu is not None or self.decoder_runner == contract.TORCH_RUNNER
@@ -69,6 +79,12 @@ class RepositoryOptions:
             raise ValueError(
                 f"decoder_runner must be one of {', '.join(contract.DECODER_RUNNERS)}, got {self.decoder_runner!r}"
             )
+        if self.torch_precision not in TORCH_CPU_PRECISIONS:
+            raise ValueError(
+                f"torch_precision must be one of {', '.join(TORCH_CPU_PRECISIONS)}, got {self.torch_precision!r}"
+            )
+        if self.torch_vision and self.decoder_runner != contract.TORCH_RUNNER:
+            raise ValueError(f"torch_precision {self.torch_precision} needs decoder_runner torch")
         for name, count in self.instance_counts:
             if name not in self.instance_models():
                 raise ValueError(
@@ -167,7 +183,17 @@ class RepositoryOptions:
         """The generators' torch runner on a CPU repository (GPU repositories set theirs in gpu.py)."""
         if self.decoder_runner != contract.TORCH_RUNNER or self.gpu is not None:
             return {}
-        return {contract.PARAM_DEVICE: "cpu", contract.PARAM_PRECISION: "fp32"}
+        return {contract.PARAM_DEVICE: "cpu", contract.PARAM_PRECISION: self.torch_precision}
+
+    def vision_parameters(self) -> dict[str, str]:
+        """blip_vision's parameters: its graph runs' bounds, and which runner serves it."""
+        if not self.torch_vision:
+            return self.runner_parameters()
+        return {
+            **self.runner_parameters(),
+            contract.PARAM_VISION_RUNNER: contract.TORCH_RUNNER,
+            **self.torch_parameters(),
+        }
 
     def instances(self, name: str) -> int:
         return dict(self.instance_counts).get(name, 1)

@@ -5,6 +5,8 @@ tokenizer, keep every id that occurs plus the special and language-code tokens, 
 embeddings and output layer hold only those rows. The encoder keeps the full vocabulary (English input).
 Tokens outside the kept set can no longer be generated and log-probabilities are normalised over the kept
 set only, so this mode is not token-exact: measure its agreement, and its quality with `captioning evaluate`.
+The trimming itself (`trim_decoder_vocab`) lives in `captioning.modules.vocab`: the torch runner trims the
+checkpoint it loads with it, the export the model it traces.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from typing import Any
 
 from captioning import contract
 from captioning.decoding.vocab import VocabMap
+from captioning.modules.vocab import trim_decoder_vocab
+
+__all__ = ["TrimCorpus", "derive_vocab", "kept_token_ids", "trim_decoder_vocab"]
 
 LOG = logging.getLogger(__name__)
 
@@ -95,36 +100,3 @@ def derive_vocab(
         len(sentences),
     )
     return vocab
-
-
-def trim_decoder_vocab(model: Any, vocab: VocabMap) -> Any:
-    """Cut mBART's decoder embeddings, output layer and final_logits_bias to the kept rows, in place.
-
-    The encoder keeps the shared full embedding; the decoder and lm_head get their own trimmed copies, so the
-    model's forward pass (which export validation compares against) returns logits over kept positions.
-    """
-    import torch
-    from torch import nn
-
-    config = model.config
-    if vocab.full_size != config.vocab_size:
-        raise ValueError(
-            f"the trimmed vocabulary indexes {vocab.full_size} ids but the translator has {config.vocab_size}"
-        )
-    ids = torch.tensor(vocab.kept_ids, dtype=torch.long)
-    decoder = model.get_decoder()
-    old = decoder.embed_tokens
-    pad = vocab.position(config.pad_token_id, "pad")
-    embed = type(old)(len(vocab), config.d_model, pad, embed_scale=getattr(old, "embed_scale", 1.0))
-    lm_head = nn.Linear(config.d_model, len(vocab), bias=False)
-    with torch.no_grad():
-        embed.weight.copy_(old.weight[ids])
-        lm_head.weight.copy_(model.lm_head.weight[ids])
-        bias = model.final_logits_bias[:, ids].clone()
-    decoder.embed_tokens = embed
-    model.lm_head = lm_head
-    model.register_buffer("final_logits_bias", bias, persistent=False)
-    # Keep `tie_weights()` from re-tying the trimmed head to the full shared embedding.
-    config.tie_word_embeddings = False
-    LOG.info("trimmed the translator's decoder vocabulary to %d of %d rows", len(vocab), config.vocab_size)
-    return model

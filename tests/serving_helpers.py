@@ -1,8 +1,11 @@
-"""Helpers for the integration tests: the `transformers` reference and server statistics."""
+"""Helpers for the integration tests: the `transformers` reference, server statistics, staggered clients."""
 
 from __future__ import annotations
 
 import io
+import random
+import threading
+import time
 from collections.abc import Sequence
 
 MAX_LENGTH = 64
@@ -89,3 +92,23 @@ def batch_stats(server, model: str) -> dict[int, int]:
 def assert_all_equal(pairs: Sequence[tuple[object, object]], what: str) -> None:
     mismatches = [(i, a, b) for i, (a, b) in enumerate(pairs) if a != b]
     assert not mismatches, f"{len(mismatches)}/{len(pairs)} {what} differ; first: {mismatches[:3]}"
+
+
+def staggered(jobs, spread_s: float) -> list:
+    """Run each job on its own thread, starting at random offsets within `spread_s`."""
+    results: list = [None] * len(jobs)
+    rng = random.Random(0)
+
+    def run(i: int, delay: float) -> None:
+        time.sleep(delay)
+        try:
+            results[i] = jobs[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, rng.uniform(0, spread_s))) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return results

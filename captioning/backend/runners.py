@@ -92,16 +92,35 @@ class ModelContext:
             device=self.parameters.get(contract.PARAM_DEVICE, "cuda"),
             precision=self.parameters.get(contract.PARAM_PRECISION, "fp32"),
             threads=self.threads,
+            strict_cpu=True,  # a served model: no bf16 on a CPU that would run it slower than fp32
         )
 
     def checkpoint(self, graphs: dict):
-        """The checkpoint a torch-runner generator serves, loaded once per model instance."""
+        """The checkpoint a torch-runner generator serves, loaded once per model instance; a trimmed
+        translator's (`vocab`) is trimmed to the kept ids as it loads."""
         if getattr(self, "_checkpoint", None) is None:
             from captioning.runtime.torch_runner import load_checkpoint
 
             meta = graphs["checkpoint"]
-            self._checkpoint = load_checkpoint(meta["kind"], self.directory / meta["dir"])
+            vocab = self.directory / meta["vocab"] if meta.get("vocab") else None
+            self._checkpoint = load_checkpoint(meta["kind"], self.directory / meta["dir"], vocab)
         return self._checkpoint
+
+    def graph_model_runner(self) -> GraphRunner:
+        """A graph model's runner (blip_vision and, with BLS, the decoder graphs): its `model.onnx` in ONNX
+        Runtime, or, where the export chose the torch runner (bf16 on a CPU), blip_vision's checkpoint."""
+        runner = self.parameters.get(contract.PARAM_VISION_RUNNER, contract.ONNX_RUNNER)
+        if runner == contract.TORCH_RUNNER:
+            from captioning.runtime.torch_runner import load_checkpoint, vision_graph
+
+            model = load_checkpoint("blip_vision", self.directory / contract.CHECKPOINT_DIR)
+            return vision_graph(model, self.torch_options())
+        if runner != contract.ONNX_RUNNER:
+            raise ValueError(
+                f"unknown {contract.PARAM_VISION_RUNNER} {runner!r}; expected "
+                f"{contract.ONNX_RUNNER} or {contract.TORCH_RUNNER}"
+            )
+        return OrtRunner(self.directory / "model.onnx", intra_op_threads=self.threads)
 
     def encoder(self, graphs: dict) -> GraphRunner:
         """The translator's encoder: its ONNX graph, its Triton model, or the checkpoint's module."""

@@ -7,11 +7,12 @@ from torch import nn
 
 
 class BlipVisionGraph(nn.Module):
-    """pixel_values -> image_embeds (the vision model's last_hidden_state, as `generate` uses it)."""
+    """pixel_values -> image_embeds (the vision model's last_hidden_state, as `generate` uses it), from a
+    `BlipForConditionalGeneration` or from its `BlipVisionModel` alone (bf16 CPU repositories carry only that)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.vision = model.vision_model
+        self.vision = getattr(model, "vision_model", model)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.vision(pixel_values=pixel_values, return_dict=True).last_hidden_state

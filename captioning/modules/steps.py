@@ -19,6 +19,9 @@ different ages, each with its own sources, caches and past length (a `Segment`),
 norm, feed-forward and the output layer as one batch, so the weights are read once per step for all of them;
 only the attention runs per segment, over that segment's own cache and sources, as its own step would run it.
 With one segment the operations are exactly those of `forward`, which is what the export traces.
+
+In bf16/fp16 (the torch runner's fast modes) the attention scores, their scaling, mask and softmax are computed
+in fp32 (`captioning.modules.precision`); in fp32 those branches are not taken, so the traced graphs are the same.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import math
 import torch
 from torch import nn
 
+from captioning.modules.precision import narrowed, widened
 from captioning.modules.tensors import CacheSlot, causal_keep, linear_2d, new_positions
 
 
@@ -57,9 +61,9 @@ def self_attention(q, k, v, past_k, past_v, keep, head_dim, multiply):
     else:
         k = torch.cat([past_k, k], dim=2)
         v = torch.cat([past_v, v], dim=2)
-    scores = _scale(torch.matmul(q, k.transpose(-1, -2)), head_dim, multiply)
+    scores = _scale(widened(torch.matmul(q, k.transpose(-1, -2))), head_dim, multiply)
     scores = scores.masked_fill(~keep.unsqueeze(1), torch.finfo(scores.dtype).min)
-    return torch.matmul(torch.softmax(scores, dim=-1), v), k, v
+    return torch.matmul(narrowed(torch.softmax(scores, dim=-1), v.dtype), v), k, v
 
 
 def grouped_cross_attention(q, k, v_t, mask_add, head_dim, multiply):
@@ -70,10 +74,10 @@ def grouped_cross_attention(q, k, v_t, mask_add, head_dim, multiply):
     rows, heads, new_len, dim = q.shape
     batch = k.shape[0]
     grouped = q.reshape(batch, -1, heads, new_len, dim).transpose(1, 2).reshape(batch, heads, -1, dim)
-    scores = _scale(torch.matmul(k, grouped.transpose(-1, -2)).transpose(-1, -2), head_dim, multiply)
+    scores = _scale(widened(torch.matmul(k, grouped.transpose(-1, -2))).transpose(-1, -2), head_dim, multiply)
     if mask_add is not None:
         scores = scores + mask_add
-    probs = torch.softmax(scores, dim=-1)
+    probs = narrowed(torch.softmax(scores, dim=-1), v_t.dtype)
     context = torch.matmul(v_t, probs.transpose(-1, -2)).transpose(-1, -2)
     return context.reshape(batch, heads, -1, new_len, dim).transpose(1, 2).reshape(rows, heads, new_len, dim)
 

@@ -6,7 +6,10 @@ limit and written in place, `CacheSlot`), the mask. Per step the token ids go to
 search needs comes back: each row's top candidates (beam search) or its chosen token (greedy), with
 log-softmax, the simple processors and top-k computed there as `generate()` computes them on that device; the
 full logits only where a processor needs whole rows. Beam reordering is a gather on the device. fp32 is exact
-mode (TF32 off); bf16 and fp16 are opt-in fast modes.
+mode (TF32 off); bf16 and fp16 are opt-in fast modes, one code path on a CPU and a GPU: the dtype and the
+device come from `TorchOptions` alone, and what quality needs stays fp32 (LayerNorm, the attention softmax, the
+scores the search ranks: `captioning.modules.precision`). On a CPU the flags decide first whether bf16 pays
+there (`captioning.runtime.cpu_flags`): a served model refuses bf16 a CPU would run slower than fp32.
 
 In-flight batching steps many sessions of one decoder at once (`TorchStepDecoder.step_merged`): one forward
 pass whose weight products cover every session's rows, each session attending to its own caches and sources
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning.runtime import cpu_slots
+from captioning.runtime import cpu_flags, cpu_slots
 
 LOG = logging.getLogger(__name__)
 
@@ -39,6 +42,9 @@ class TorchOptions:
     threads: int | None = None  # CPU intra-op threads; None leaves torch's default
     # On a CPU in fp32: linear weights prepacked for oneDNN (`captioning.runtime.packing`).
     packed: bool = True
+    # A served model (`captioning.backend.runners`): refuse half precision on a CPU without native bf16, unless
+    # the operator's override is set. Tools that measure it (the benches) only get a WARNING.
+    strict_cpu: bool = False
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -72,6 +78,8 @@ def prepare(options: TorchOptions):
     options.validate()
     if options.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {options.device!r} requested but torch sees no CUDA device")
+    if options.device == "cpu" and options.precision != "fp32":
+        cpu_flags.check_here(options.precision, strict=options.strict_cpu)  # logs the path it takes
     if options.threads:
         torch.set_num_threads(options.threads)
     if options.precision == "fp32":
@@ -101,7 +109,15 @@ class TorchGraph:
 
 
 def _placed(module, device, dtype, options: TorchOptions):
-    """`module` on the device in the dtype, its linear layers packed where that pays (a CPU, fp32)."""
+    """`module` on the device in the dtype, its linear layers packed where that pays (a CPU, fp32); in half
+    precision with its fp32 islands (LayerNorm, BLIP's vision attention) swapped in before the cast."""
+    if options.precision != "fp32":
+        from captioning.modules.precision import keep_fp32_islands
+
+        swapped = keep_fp32_islands(module)
+        LOG.info(
+            "%s in %s; kept in fp32: %s", type(module).__name__, options.precision, swapped or "nothing new"
+        )
     module = module.to(device, dtype).eval()
     if options.packed and device.type == "cpu" and options.precision == "fp32":
         from captioning.runtime.packing import pack_linears
@@ -255,7 +271,7 @@ def _scored(scores, scoring):
 
 
 def vision_graph(model, options: TorchOptions) -> TorchGraph:
-    """BLIP's vision model, from a loaded `BlipForConditionalGeneration`."""
+    """BLIP's vision model, from a loaded `BlipForConditionalGeneration` or `BlipVisionModel`."""
     from captioning import contract
     from captioning.modules.graphs import BlipVisionGraph
 
@@ -279,12 +295,29 @@ def step_decoder(kind: str, model, options: TorchOptions, max_length: int) -> To
     return TorchStepDecoder(cross(model), step(model), options, max_length)
 
 
-def load_checkpoint(kind: str, path: str | Path):
-    """`blip` or `mbart` from a local directory or hub id, in fp32 (the runner casts to its precision)."""
-    from transformers import BlipForConditionalGeneration, MBartForConditionalGeneration
+CHECKPOINT_CLASSES = {
+    "blip": "BlipForConditionalGeneration",
+    "blip_vision": "BlipVisionModel",  # blip_vision's own checkpoint in bf16 CPU repositories
+    "mbart": "MBartForConditionalGeneration",
+}
 
-    classes = {"blip": BlipForConditionalGeneration, "mbart": MBartForConditionalGeneration}
-    if kind not in classes:
-        raise ValueError(f"checkpoint kind must be 'blip' or 'mbart', got {kind!r}")
+
+def load_checkpoint(kind: str, path: str | Path, vocab: str | Path | None = None):
+    """A checkpoint of `kind` from a local directory or hub id, in fp32 (the runner casts to its precision).
+
+    `vocab` (mbart only): a trimmed-vocabulary file; the decoder is trimmed to its kept ids in memory
+    (`captioning.modules.vocab`), so the step's logits come out over kept positions."""
+    import transformers
+
+    if kind not in CHECKPOINT_CLASSES:
+        raise ValueError(f"checkpoint kind must be one of {', '.join(CHECKPOINT_CLASSES)}, got {kind!r}")
+    if vocab is not None and kind != "mbart":
+        raise ValueError(f"a trimmed vocabulary applies to the translator (mbart), not to {kind!r}")
     LOG.info("loading %s checkpoint %s", kind, path)
-    return classes[kind].from_pretrained(str(path)).eval()
+    model = getattr(transformers, CHECKPOINT_CLASSES[kind]).from_pretrained(str(path)).eval()
+    if vocab is not None:
+        from captioning.decoding.vocab import VocabMap
+        from captioning.modules.vocab import trim_decoder_vocab
+
+        trim_decoder_vocab(model, VocabMap.load(vocab))
+    return model

@@ -5,15 +5,13 @@ share one forward pass per step."""
 
 from __future__ import annotations
 
-import random
-import threading
 import time
 
 import pytest
 
 from captioning.client import CaptionClient, GenerationOptions, InvalidInputError, RetryPolicy
 
-from serving_helpers import assert_all_equal, serve
+from serving_helpers import assert_all_equal, serve, staggered
 
 pytestmark = pytest.mark.integration
 
@@ -80,26 +78,6 @@ def _fixed_translation(reference, text: str, beams: int | None = None, tokens: i
 COLD_START_RETRY = RetryPolicy(retries=10, backoff_s=0.5)
 
 
-def _staggered(jobs, spread_s: float) -> list:
-    """Run each job on its own thread, starting at random offsets within `spread_s`."""
-    results: list = [None] * len(jobs)
-    rng = random.Random(0)
-
-    def run(i: int, delay: float) -> None:
-        time.sleep(delay)
-        try:
-            results[i] = jobs[i]()
-        except Exception as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i, rng.uniform(0, spread_s))) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    return results
-
-
 def test_staggered_requests_equal_generate(inflight_server, reference, image_bytes):
     images = image_bytes[:24]
     options = [GenerationOptions(caption_num_beams=3), GenerationOptions()]
@@ -109,7 +87,7 @@ def test_staggered_requests_equal_generate(inflight_server, reference, image_byt
             (lambda data=data, o=options[i % 2]: client.caption(data, options=o))
             for i, data in enumerate(images)
         ]
-        results = _staggered(jobs, spread_s=2.0)
+        results = staggered(jobs, spread_s=2.0)
     pairs = []
     for i, (result, data) in enumerate(zip(results, images, strict=True)):
         assert not isinstance(result, Exception), result
@@ -129,7 +107,7 @@ def test_on_the_torch_runner_staggered_requests_share_steps_and_equal_generate(
             for i, data in enumerate(images)
         ]
         jobs.append(lambda: client.translate("A cat .", options=GenerationOptions(translation_num_beams=99)))
-        results = _staggered(jobs, spread_s=2.0)
+        results = staggered(jobs, spread_s=2.0)
     assert isinstance(results[-1], InvalidInputError), results[-1]
     assert "translation_num_beams must be in 1..8, got 99" in str(results[-1])
     pairs = []
@@ -169,7 +147,7 @@ def test_a_short_request_overtakes_a_long_one_and_a_bad_one_fails_alone(
                 client.translate("A cat .", options=GenerationOptions(translation_num_beams=99))
             return "refused"
 
-        results = _staggered([long, short, bad], spread_s=0.0)
+        results = staggered([long, short, bad], spread_s=0.0)
     assert results[2] == "refused", results[2]
     assert isinstance(results[0], list), results[0]
     took = {key: round(finished[key] - started["long"], 2) for key in finished}
@@ -190,7 +168,7 @@ def test_past_the_admission_bound_requests_are_shed_and_the_rest_are_exact(infli
     text = "Two dogs play in the snow ."
     with CaptionClient(inflight_server.grpc_url, timeout_s=300) as client:
         options = GenerationOptions(translation_num_beams=8)
-        results = _staggered([lambda: client.translate(text, options=options)] * 96, spread_s=0.2)
+        results = staggered([lambda: client.translate(text, options=options)] * 96, spread_s=0.2)
     busy = [r for r in results if isinstance(r, ServerBusyError)]
     served = [r for r in results if isinstance(r, str)]
     assert len(busy) + len(served) == 96, [r for r in results if not isinstance(r, (str, ServerBusyError))]

@@ -1,6 +1,6 @@
-"""The opt-in trimmed-vocabulary repositories (alone and with int8) serve and agree with the exact mode as
-often as documented (docs/performance.md). The kept tokens come from the recipe: the Arabic side of the
-shared corpora, tokenised with the translator's own tokenizer."""
+"""The opt-in trimmed-vocabulary repositories (alone, with int8, and on the torch runner) serve and agree with
+the exact mode as often as documented (docs/performance.md). The kept tokens come from the recipe: the Arabic
+side of the shared corpora, tokenised with the translator's own tokenizer."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ pytestmark = pytest.mark.integration
 MIN_AGREEMENT = {
     "trim": {"english": 1.0, "translation": 0.80},
     "trim+int8": {"english": 0.10, "translation": 0.30},
+    # the torch runner: the repository carries the whole checkpoint and vocab.json, trimmed as it loads
+    "trim+torch": {"english": 1.0, "translation": 0.80},
 }
 
 
@@ -38,14 +40,19 @@ def kept_vocab(fixture_checkpoints, shared_data, tmp_path_factory):
 @pytest.fixture(scope="module", params=sorted(MIN_AGREEMENT))
 def trimmed_server(request, fixture_checkpoints, kept_vocab, tmp_path_factory):
     from captioning.export.build import BuildOptions, build_repository
+    from captioning.export.repository import RepositoryOptions
 
     mode = request.param
     output = tmp_path_factory.mktemp(f"export-{mode}") / "repository"
     options = BuildOptions(
-        progress=False, translator_vocab=kept_vocab, precision="int8" if "int8" in mode else "fp32"
+        progress=False,
+        translator_vocab=kept_vocab,
+        precision="int8" if "int8" in mode else "fp32",
+        repository=RepositoryOptions(decoder_runner="torch" if "torch" in mode else "inprocess"),
     )
     repository = build_repository(fixture_checkpoints.blip, fixture_checkpoints.mbart, output, options)
     assert (repository / "translator" / "1" / "vocab.json").is_file()
+    assert ("torch" in mode) == (repository / "translator" / "1" / "checkpoint").is_dir()
     with serve(repository, tmp_path_factory.mktemp(f"server-{mode}")) as server:
         yield mode, server
 

@@ -1,7 +1,8 @@
 """Triton adapter: run one ONNX graph (`model.onnx` beside this file) in ONNX Runtime on CPU.
 
 Used for every graph model (contract.GRAPH_MODELS) when the server has no native
-onnxruntime backend (the pip tritonserver). With max_batch_size > 0 the requests of one `execute` call are
+onnxruntime backend (the pip tritonserver). In bf16 CPU repositories blip_vision runs the checkpoint's vision
+model on the torch runner instead (the `vision_runner` parameter; `ModelContext.graph_model_runner`). With max_batch_size > 0 the requests of one `execute` call are
 concatenated into one batch; with 0 (decoders called by the generators over BLS) each request is one batch.
 """
 
@@ -10,13 +11,12 @@ import triton_python_backend_utils as pb_utils
 
 from captioning.backend.runners import ModelContext
 from captioning.backend.triton_utils import error_response
-from captioning.runtime.graphs import OrtRunner
 
 
 class TritonPythonModel:
     def initialize(self, args):
         model = ModelContext.setup(args)
-        self.runner = OrtRunner(model.directory / "model.onnx", intra_op_threads=model.threads)
+        self.runner = model.graph_model_runner()
         self.batched = model.max_batch_size > 0
 
     def execute(self, requests):

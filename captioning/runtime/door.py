@@ -5,20 +5,22 @@ Each stage bounding its own queue is not enough: under a burst the first stages 
 then sheds, or finishes after its client has gone, and useful answers drop to zero. The door instead measures
 the pipeline end to end. Every admitted request holds a *ticket* until the stage that answers it (or fails
 it) closes the ticket; the open tickets are exactly the work ahead of a new request in every stage. Each
-answer records the load it was admitted at (the rows open, its own included) and how long it took, so all
-stages' costs, their batching and their contention for the same cores are in it. A new request is forecast
-to take what the line through the recent answers gives at its load, plus how far above the line the slowest
-tenth of them lay, and is admitted only if that is within HEADROOM of its deadline: its own `timeout` or the
-server's latency budget.
+answer records its load (the most rows open while it was in the pipeline, its own included) and how long it
+took, so all stages' costs, their batching and their contention for the same cores are in it. The load is
+the peak, not the rows open on arrival: requests that arrive together in one batch finish together, and at
+their arrival loads (1, 2, ... 16) they would teach a flat line that no smaller load is faster. A new request
+is forecast to take what the line through the recent answers gives at its load, plus how far above the line
+the slowest tenth of them lay, and is admitted only if that is within HEADROOM of its deadline: its own
+`timeout` or the server's latency budget.
 
-While the recent answers are too few or all at one load, no line can be drawn, and the door admits up to one
-batch's worth of rows (`warmup`), and beyond it only a request whose deadline would hold even if every row open
-cost what the slowest answer's did, one after another (a client with a long timeout is not refused for want of
-figures): at start-up a burst then costs refusals, not timeouts, and a door that
-served one request at a time goes on to learn what a fuller pipeline costs (a throughput measured at a low
-load would hold it at that load for good: batching makes throughput grow with load). An empty pipeline always
-admits, so stale figures never close the door. A ticket also ends at its stop time (its deadline, or twice
-the budget for a request without one), so work a crashed stage lost is not counted forever.
+While the recent answers are too few or their loads too close together for a line (a closed loop at one
+concurrency), each row open is taken to cost what the slowest answer's rows did, one after another
+(`bound_s`); below one batch's worth of rows (`warmup`) the door also explores loads no answer has seen yet:
+at start-up a burst then costs refusals, not timeouts, and a door that served one request at a time goes on
+to learn what a fuller pipeline costs (a throughput measured at a low load would hold it at that load for
+good: batching makes throughput grow with load). An empty pipeline always admits, so stale figures never
+close the door. A ticket also ends at its stop time (its deadline, or twice the budget for a request without
+one), so work a crashed stage lost is not counted forever.
 
 Plain data in and out (`DoorState` is JSON), so the stage processes can share it through `runtime.ledger`.
 """
@@ -32,6 +34,10 @@ from typing import Any
 HEADROOM = 0.75  # a forecast made while the pipeline fills misses the slowdown the filling brings
 RECENT = 32  # answers the latency is fitted over
 MIN_FIT = 8  # answers before latency is fitted to the load
+# Loads at least this far apart (rows, and share of the largest) before a line is fitted: answers at nearly one
+# load (a closed loop) give a slope of noise, and a flat line there would say that no smaller load is faster.
+MIN_RANGE_ROWS, MIN_RANGE_SHARE = 2, 0.25
+HIGH_LOAD_SHARE = 0.5  # answers at least at this share of the highest load give the bound's cost per row
 TAIL = 0.9  # the share of recent answers the forecast covers
 NO_DEADLINE_FACTOR = 2.0  # a request without a timeout is worked on for at most this many budgets
 
@@ -52,10 +58,10 @@ class DoorState:
     """Everything the door knows, as JSON-able fields (one copy per server, in the ledger file)."""
 
     next_ticket: int = 1
-    # id -> [admitted, stop, forecast, rows, rows open with it]: rows are the images (or texts) a request
-    # carries, the unit of work
+    # id -> [admitted, stop, forecast, rows, most rows open while it is open]: rows are the images (or texts) a
+    # request carries, the unit of work
     open: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-    loads: list[list[float]] = dataclasses.field(default_factory=list)  # [rows open with it, its latency]
+    loads: list[list[float]] = dataclasses.field(default_factory=list)  # [its load, its latency]
     admitted: int = 0
     refused: int = 0
     answered: int = 0
@@ -74,18 +80,22 @@ class DoorState:
         return int(sum(entry[3] for entry in self.open.values()))
 
     def load_line(self) -> tuple[float, float] | None:
-        """(s, s per row): latency against the rows open with a request (itself included), least squares
-        over the recent answers; None while they are too few or all at one load."""
+        """(s, s per row): latency against load, least squares over the recent answers; None while they are
+        too few or their loads too close together."""
         if len(self.loads) < MIN_FIT:
             return None
         count = len(self.loads)
+        low, high = min(n for n, _ in self.loads), self.max_load()
+        if high - low < max(MIN_RANGE_ROWS, MIN_RANGE_SHARE * high):
+            return None
         mean_n = sum(n for n, _ in self.loads) / count
         mean_t = sum(t for _, t in self.loads) / count
         spread = sum((n - mean_n) ** 2 for n, _ in self.loads)
-        if spread < 1.0:
-            return None
         slope = max(0.0, sum((n - mean_n) * (t - mean_t) for n, t in self.loads) / spread)
         return max(0.0, mean_t - slope * mean_n), slope
+
+    def max_load(self) -> float:
+        return max((n for n, _ in self.loads), default=0.0)
 
     def spread_s(self, line: tuple[float, float]) -> float:
         """How far above the line the slow tenth of the recent answers lay: the forecast is of the tail, not
@@ -101,11 +111,14 @@ class DoorState:
         return line[0] + line[1] * (ahead + rows) + self.spread_s(line)
 
     def bound_s(self, ahead: int, rows: int = 1) -> float | None:
-        """While no line is known: the slowest answer's seconds per row open with it, for every row, as if
-        nothing ran at once (the most it can cost); None before any answer."""
+        """While no line is known: every row costing what the slowest row of the answers at the higher loads
+        did (at least half the highest), as if nothing beyond ran at once; None before any answer. Rows at low
+        loads cost more (less batching): counting them would hold a door that once served one request at a
+        time at that load for good."""
         if not self.loads:
             return None
-        return max(t / max(n, 1) for n, t in self.loads) * (ahead + rows)
+        high = HIGH_LOAD_SHARE * self.max_load()
+        return max(t / max(n, 1) for n, t in self.loads if n >= high) * (ahead + rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,16 +147,8 @@ def admit(state: DoorState, limits: DoorLimits, now: float, timeout_s: float = 0
     reason = ""
     if ahead and ahead + rows > limits.cap:
         reason = f"{ahead} rows are already in the pipeline and its queues hold {limits.cap}"
-    elif (
-        forecast is None
-        and ahead
-        and ahead + rows > limits.warmup
-        and not _fits(state, ahead, rows, deadline)
-    ):
-        reason = (
-            f"{ahead} rows are in the pipeline and too few answers at different loads have been timed "
-            f"to admit more than {limits.warmup}"
-        )
+    elif forecast is None and ahead and not _fits(state, ahead, rows, deadline):
+        reason = _unfitted(state, limits, ahead, rows, whose)
     elif ahead and forecast is not None and forecast > HEADROOM * deadline:
         reason = (
             f"it would be answered in about {forecast:.1f} s behind the {ahead} rows in the pipeline, "
@@ -156,8 +161,28 @@ def admit(state: DoorState, limits: DoorLimits, now: float, timeout_s: float = 0
     state.next_ticket += 1
     stop = now + (timeout_s or NO_DEADLINE_FACTOR * limits.budget_s)
     state.open[str(ticket)] = [now, stop, forecast or 0.0, rows, ahead + rows]
+    for entry in state.open.values():  # every open request now shares the pipeline with these rows
+        entry[4] = max(entry[4], ahead + rows)
     state.admitted += 1
     return Verdict(True, ticket, stop, forecast)
+
+
+def _unfitted(state: DoorState, limits: DoorLimits, ahead: int, rows: int, whose: str) -> str:
+    """Why a request is refused while no line is known ("" to admit it): below one batch a load no answer has
+    seen yet is explored; any other needs the bound to fit."""
+    load = ahead + rows
+    if load <= limits.warmup and load > state.max_load():
+        return ""
+    bound = state.bound_s(ahead, rows)
+    if bound is None or load > limits.warmup and load > state.max_load():
+        return (
+            f"{ahead} rows are in the pipeline and too few answers at different loads have been timed "
+            f"to admit more than {limits.warmup}"
+        )
+    return (
+        f"it could take {bound:.1f} s behind the {ahead} rows in the pipeline, past {HEADROOM:.0%} of "
+        f"{whose} (bound from the answers timed at up to this load)"
+    )
 
 
 def _fits(state: DoorState, ahead: int, rows: int, deadline: float) -> bool:

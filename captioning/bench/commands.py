@@ -42,6 +42,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         output_dir=args.output_dir,
         baseline=not args.no_baseline,
         peers=not args.no_peers,
+        bf16_peers=not args.no_bf16_peers,
         peer_batch_size=args.peer_batch_size,
         triton=not args.baseline_only,
         threads=args.threads,
@@ -94,6 +95,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-peers",
         action="store_true",
         help="skip batched generate() and CTranslate2 (captioning.bench.peers)",
+    )
+    bench.add_argument(
+        "--no-bf16-peers",
+        action="store_true",
+        help="skip batched generate() in bf16 (slower than fp32 on a CPU without avx512_bf16/amx_bf16)",
     )
     bench.add_argument(
         "--peer-batch-size",

@@ -1,12 +1,13 @@
 """The peer tables of `captioning bench`: every system on one stage, as ratios within the run, each with its
-agreement with `generate()` one request at a time (the tokens exact mode is defined by)."""
+agreement with `generate()` one request at a time (the tokens exact mode is defined by). The bf16 rows add
+a note: their agreement with fp32 on the same batches (precision alone), and the CPU's bf16 flags."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from captioning import contract
-from captioning.bench.peers import PIPELINE, SINGLE, TRANSLATION
+from captioning.bench.peers import BF16, FP32, PIPELINE, SINGLE, TRANSLATION
 
 
 def agreement(outputs: Sequence | None, reference: Sequence | None) -> str:
@@ -78,7 +79,8 @@ def pipeline_rows(results: dict) -> list[dict]:
             name = f"{run['label']} {run['model']}, {run['concurrency']} clients"
             rows.append(_pipeline_row(name, run["throughput"], latency, reference, outputs=served))
     base_rate = base["images_per_s"]["median"] if base else None
-    batched = next((r for r in rows if r["system"].startswith("generate()") and r["rate"]), None)
+    fp32 = [p["name"] for p in _peers(results, PIPELINE) if p.get("precision", FP32) == FP32]
+    batched = next((r for r in rows if r["system"] in fp32 and r["rate"]), None)
     for row in rows:
         rate = row["rate"]["median"] if row["rate"] else None
         row["x_baseline"] = _ratio(rate, base_rate)
@@ -98,6 +100,35 @@ def _pipeline_row(name, rate, latency, reference, skipped=None, outputs=None) ->
         "p95_over_p50": f"{p95 / p50:.2f}" if p50 and p95 else "-",
         "agreement": agreement(outputs, reference),
     }
+
+
+def bf16_notes(results: dict) -> list[str]:
+    """Per bf16 row: its agreement with exact mode and with the fp32 peer on the same batches; then what
+    the CPU offers for bf16 (native or emulated), once."""
+    base = results.get("baseline")
+    exact = {PIPELINE: base["outputs"] if base else None}
+    single = [p for p in _peers(results, TRANSLATION) if p["name"] == SINGLE]
+    exact[TRANSLATION] = single[0].get("outputs") if single else None
+    lines, cpu = [], None
+    for peer in results.get("peers") or []:
+        if peer.get("precision") != BF16:
+            continue
+        cpu = cpu or peer.get("cpu")
+        if peer.get("skipped"):
+            lines.append(f"  {peer['name']} ({peer['stage']}): skipped: {peer['skipped']}")
+            continue
+        twin = peer.get("fp32_peer")
+        fp32 = next((p for p in _peers(results, peer["stage"]) if p["name"] == twin), {})
+        lines.append(
+            f"  {peer['name']} ({peer['stage']}): {agreement(peer.get('outputs'), exact[peer['stage']])} "
+            f"equal to exact mode (fp32 generate() one at a time), "
+            f"{agreement(peer.get('outputs'), fp32.get('outputs'))} to {fp32.get('name', 'fp32')} in fp32"
+        )
+    if not lines:
+        return []
+    flags = ", ".join(cpu["cpu_flags"]) if cpu and cpu.get("cpu_flags") else "none of note"
+    header = "bf16 peers (model.to(torch.bfloat16), the fp32 peers' batches):"
+    return ["", header, *lines, f"  CPU flags: {flags}; {cpu['note'] if cpu else '-'}"]
 
 
 def _rate(rate: dict | None) -> str:
@@ -148,7 +179,7 @@ def format_peers(results: dict) -> list[str]:
             for r in translation_rows(results)
         ],
     )
-    return lines
+    return lines + bf16_notes(results)
 
 
 def plot_translation(ax, results: dict) -> None:
@@ -163,8 +194,10 @@ def plot_translation(ax, results: dict) -> None:
     ax.barh(range(len(rows)), values, xerr=errors, color="tab:blue", alpha=0.7)
     ax.set_yticks(range(len(rows)), names, fontsize=7)
     ax.invert_yaxis()
-    for i, r in enumerate(rows):
-        ax.annotate(r["ratio"], (r["rate"]["max"], i), xytext=(4, 0), textcoords="offset points", fontsize=7)
+    for i, r in enumerate(rows):  # ratio, and agreement with exact mode where known
+        text = r["ratio"] if r["agreement"] == "-" else f"{r['ratio']}, {r['agreement']} exact"
+        ax.annotate(text, (r["rate"]["max"], i), xytext=(4, 0), textcoords="offset points", fontsize=7)
+    ax.set_xlim(0, max((r["rate"]["max"] for r in rows), default=1.0) * 1.35)  # room for the notes
     ax.set_xlabel("sentences/s (translation alone)")
     ax.set_title(f"translation: x {SINGLE}", fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)

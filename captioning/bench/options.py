@@ -28,6 +28,7 @@ class BenchOptions:
     output_dir: Path = Path("build/bench")
     baseline: bool = True
     peers: bool = True  # batched generate() and CTranslate2 (captioning.bench.peers)
+    bf16_peers: bool = True  # the batched generate() peers again in bf16 (slow where the CPU emulates bf16)
     peer_batch_size: int = 16
     triton: bool = True  # False: the baseline alone
     threads: int = 0  # torch threads for the baseline; 0: all cores

@@ -10,8 +10,9 @@ import platform
 from pathlib import Path
 
 from captioning import contract
-from captioning.bench.comparison import format_peers, plot_translation
-from captioning.bench.peers import PIPELINE
+from captioning.bench.bf16 import cpu_flags, reported_flags
+from captioning.bench.comparison import agreement, format_peers, plot_translation
+from captioning.bench.peers import BF16, PIPELINE
 
 # ------------------------------------------------------------------------------------------ summaries
 
@@ -85,7 +86,12 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "cpu_flags": reported_flags(cpu_flags()),  # what bf16 and int8 speeds depend on
+    }
 
 
 # ------------------------------------------------------------------------------------------ table
@@ -154,7 +160,8 @@ def format_table(results: dict) -> str:
         f"caption: {s['caption_num_beams']} beams, {s['caption_new_tokens']} new tokens | "
         f"translation: {s['translation_num_beams']} beams, {s['translation_new_tokens']} new tokens | "
         f"{len(results['images'])} images, {results['repeats']} repeats of "
-        f"{results.get('windows', 'burst')} windows | {m['cores']} cores, {m['cpu']}",
+        f"{results.get('windows', 'burst')} windows | {m['cores']} cores, {m['cpu']}"
+        + (f" ({' '.join(m['cpu_flags'])})" if m.get("cpu_flags") else ""),
         "images/s (texts/s for translator): median [min-max] over repeats; latencies in seconds, medians; "
         "ratios against the baseline's images/s and p50",
     ]
@@ -240,9 +247,12 @@ def plot(results: dict, path: Path) -> Path:
         ax.plot(
             [base["p50_ms"] / 1000], [base["images_per_s"]["median"]], "k*", markersize=12, label="baseline"
         )
-    for peer in peers:
+    for peer in peers:  # bf16 apart from fp32, each with its agreement with the original (exact mode)
         if peer["stage"] == PIPELINE:
-            ax.plot([peer["p50_ms"] / 1000], [peer["rate"]["median"]], "kD", markersize=8, label=peer["name"])
+            same = agreement(peer.get("outputs"), base["outputs"] if base else None)
+            label = peer["name"] if same == "-" else f"{peer['name']} ({same} exact)"
+            marker = "ms" if peer.get("precision") == BF16 else "kD"
+            ax.plot([peer["p50_ms"] / 1000], [peer["rate"]["median"]], marker, markersize=8, label=label)
     s = results["settings"]
     ax.set_title(
         f"arabic_caption: caption {s['caption_num_beams']} beams/{s['caption_new_tokens']} tok, "

@@ -301,6 +301,8 @@ def test_bench_end_to_end(fixture_checkpoints, shared_data, tmp_path, capsys) ->
         ("translation", "generate() one at a time"),
         ("pipeline", "generate() batches of 16"),
         ("translation", "generate() batches of 16"),
+        ("pipeline", "generate() bf16, batches of 16"),
+        ("translation", "generate() bf16, batches of 16"),
         ("translation", "CTranslate2 fp32, batches of 16"),
         ("translation", "CTranslate2 int8, batches of 16"),
     }
@@ -316,6 +318,13 @@ def test_bench_end_to_end(fixture_checkpoints, shared_data, tmp_path, capsys) ->
         if line.startswith(("triton arabic_caption", "triton translator", "generate() batches")):
             assert line.endswith(("2/2", f"{len(results['texts'])}/{len(results['texts'])}")), line
     assert "CTranslate2 int8, batches of 16" in table
+    # bf16 on the fp32 peer's batches: each row states its agreement with exact mode and the CPU's flags.
+    for stage, total in (("pipeline", 2), ("translation", len(results["texts"]))):
+        bf16 = peers[stage, "generate() bf16, batches of 16"]
+        assert bf16["precision"] == "bf16" and len(bf16["outputs"]) == total and bf16["cpu"]["note"]
+        assert f"generate() bf16, batches of 16 ({stage}): " in table
+        assert f"/{total} equal to exact mode (fp32 generate() one at a time)" in table
+    assert "  CPU flags: " in table and results["machine"]["cpu_flags"] is not None
 
     with Image.open(output / "throughput.png") as plot:
         assert plot.format == "PNG" and plot.size[0] > 100

@@ -112,3 +112,33 @@ def staggered(jobs, spread_s: float) -> list:
     for t in threads:
         t.join(timeout=600)
     return results
+
+
+def cold_start_retry():
+    """What staggered clients against a cold server retry with: the door admits one batch until answers are
+    timed, and refuses the rest (retryable), as SDK users see it."""
+    from captioning.client import RetryPolicy
+
+    return RetryPolicy(retries=10, backoff_s=0.5)
+
+
+def staggered_options(i: int):
+    """The options of the i-th staggered caption: 3 beams and the default alternate, so cohorts differ."""
+    from captioning.client import GenerationOptions
+
+    return GenerationOptions(caption_num_beams=3) if i % 2 == 0 else GenerationOptions()
+
+
+def staggered_captions(url: str, images: Sequence[bytes], extra=()) -> list:
+    """Caption each image from its own client thread, started at random within 2 s, with `staggered_options`;
+    `extra` are more jobs, each given the client. Results (or exceptions) in order, images first."""
+    from captioning.client import CaptionClient
+
+    with CaptionClient(url, timeout_s=300, retry=cold_start_retry()) as client:
+        options = [staggered_options(i) for i in range(len(images))]
+        jobs = [
+            (lambda data=data, o=o: client.caption(data, options=o))
+            for data, o in zip(images, options, strict=True)
+        ]
+        jobs += [(lambda job=job: job(client)) for job in extra]
+        return staggered(jobs, spread_s=2.0)

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from captioning.client import CaptionClient, GenerationOptions, InvalidInputError, RetryPolicy
+from captioning.client import CaptionClient, GenerationOptions, InvalidInputError
 
-from serving_helpers import assert_all_equal, serve, staggered
+from serving_helpers import assert_all_equal, serve, staggered, staggered_captions, staggered_options
 
 pytestmark = pytest.mark.integration
 
@@ -75,23 +75,13 @@ def _fixed_translation(reference, text: str, beams: int | None = None, tokens: i
     return reference.tokenizer.decode(ids[0], skip_special_tokens=True)
 
 
-COLD_START_RETRY = RetryPolicy(retries=10, backoff_s=0.5)
-
-
 def test_staggered_requests_equal_generate(inflight_server, reference, image_bytes):
     images = image_bytes[:24]
-    options = [GenerationOptions(caption_num_beams=3), GenerationOptions()]
-    # 24 clients against a cold server: the door admits one batch until answers are timed; the rest retry
-    with CaptionClient(inflight_server.grpc_url, timeout_s=300, retry=COLD_START_RETRY) as client:
-        jobs = [
-            (lambda data=data, o=options[i % 2]: client.caption(data, options=o))
-            for i, data in enumerate(images)
-        ]
-        results = staggered(jobs, spread_s=2.0)
+    results = staggered_captions(inflight_server.grpc_url, images)
     pairs = []
     for i, (result, data) in enumerate(zip(results, images, strict=True)):
         assert not isinstance(result, Exception), result
-        english = reference.caption(data, options[i % 2].caption_num_beams)
+        english = reference.caption(data, staggered_options(i).caption_num_beams)
         pairs.append(((result.english, result.arabic), (english, _fixed_translation(reference, english))))
     assert_all_equal(pairs, "captions decoded in flight")
 
@@ -100,20 +90,18 @@ def test_on_the_torch_runner_staggered_requests_share_steps_and_equal_generate(
     torch_inflight_server, reference, image_bytes
 ):
     images = image_bytes[24:48]
-    options = [GenerationOptions(caption_num_beams=3), GenerationOptions()]
-    with CaptionClient(torch_inflight_server.grpc_url, timeout_s=300, retry=COLD_START_RETRY) as client:
-        jobs = [
-            (lambda data=data, o=options[i % 2]: client.caption(data, options=o))
-            for i, data in enumerate(images)
-        ]
-        jobs.append(lambda: client.translate("A cat .", options=GenerationOptions(translation_num_beams=99)))
-        results = staggered(jobs, spread_s=2.0)
+    bad = GenerationOptions(translation_num_beams=99)
+    results = staggered_captions(
+        torch_inflight_server.grpc_url,
+        images,
+        extra=[lambda client: client.translate("A cat .", options=bad)],
+    )
     assert isinstance(results[-1], InvalidInputError), results[-1]
     assert "translation_num_beams must be in 1..8, got 99" in str(results[-1])
     pairs = []
     for i, (result, data) in enumerate(zip(results[:-1], images, strict=True)):
         assert not isinstance(result, Exception), result
-        english = reference.caption(data, options[i % 2].caption_num_beams)
+        english = reference.caption(data, staggered_options(i).caption_num_beams)
         pairs.append(((result.english, result.arabic), (english, _fixed_translation(reference, english))))
     assert_all_equal(pairs, "captions decoded in flight on the torch runner")
     log = (torch_inflight_server.options.log_file).read_text()
